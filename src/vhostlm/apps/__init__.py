@@ -1,0 +1,1 @@
+"""vhostlm.apps package."""

@@ -1,0 +1,1 @@
+"""vhostlm.testbed package."""
