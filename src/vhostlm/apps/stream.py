@@ -1,0 +1,130 @@
+"""Continuously drained output of a program, with expect-style waiting.
+
+Programs such as testpmd block when nobody reads their terminal (LAB-FACTS: a vhost
+thread stalled mid-migration), so a reader thread drains every byte into a buffer and a
+log file from the first moment; callers wait on patterns in that buffer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from vhostlm.errors import SetupError
+
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class ExpectTimeout(SetupError):
+    """A pattern did not appear in a program's output in time."""
+
+
+class OutputStream:
+    """Thread-safe growing text buffer fed by a reader thread, mirrored to a log file."""
+
+    def __init__(self, name: str, log_path: Path | None) -> None:
+        self.name = name
+        self._text: list[str] = []
+        self._joined = ""
+        self._dirty = False
+        self._cond = threading.Condition()
+        self._closed = False
+        self._log: IO[str] | None = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+
+    def feed(self, data: str) -> None:
+        """Append output read from the program."""
+        data = ANSI_RE.sub("", data.replace("\r\n", "\n").replace("\r", ""))
+        with self._cond:
+            self._text.append(data)
+            self._dirty = True
+            if self._log is not None:
+                self._log.write(data)
+                self._log.flush()
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Mark the end of the output (the program or connection ended)."""
+        with self._cond:
+            self._closed = True
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """True once the producer has gone away."""
+        return self._closed
+
+    def text(self) -> str:
+        """Everything read so far."""
+        with self._cond:
+            return self._text_locked()
+
+    def _text_locked(self) -> str:
+        if self._dirty:
+            self._joined = "".join(self._text)
+            self._text = [self._joined]
+            self._dirty = False
+        return self._joined
+
+    def mark(self) -> int:
+        """Position just after everything read so far; pass it as `since` later."""
+        return len(self.text())
+
+    def since(self, mark: int) -> str:
+        """Output read after `mark`."""
+        return self.text()[mark:]
+
+    def expect(
+        self,
+        pattern: str | re.Pattern[str],
+        timeout: float,
+        since: int = 0,
+        alive: Callable[[], bool] | None = None,
+    ) -> re.Match[str]:
+        """Wait until `pattern` appears after `since`; raise ExpectTimeout naming it."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                match = regex.search(self._text_locked(), since)
+                if match:
+                    return match
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed or (alive is not None and not alive()):
+                    tail = self._text_locked()[-300:].strip().replace("\n", " | ")
+                    why = "timed out" if left <= 0 else "output ended"
+                    raise ExpectTimeout(
+                        f"{self.name}: {why} waiting for {regex.pattern!r}; last output: {tail}"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+
+def pump_fd(fd: int, stream: OutputStream) -> threading.Thread:
+    """Start a daemon thread that reads `fd` until EOF into `stream`."""
+
+    def run() -> None:
+        try:
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                stream.feed(chunk.decode("utf-8", errors="replace"))
+        finally:
+            stream.close()
+
+    thread = threading.Thread(target=run, name=f"pump-{stream.name}", daemon=True)
+    thread.start()
+    return thread

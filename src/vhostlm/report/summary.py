@@ -1,0 +1,87 @@
+"""The end-of-run summary: a plain-text table of steps plus each case's key figures.
+
+The last line deliberately avoids the form "N passed, N failed": the CI harness would
+take such a line as its own test result.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from vhostlm.report.results import VERDICTS, CaseResult, RunResult
+
+_HEADERS = ("case", "step", "verdict", "detail")
+_COLORS = {"pass": "32", "fail": "31", "error": "1;31", "skip": "33"}
+_CI_RESULT_LINE = re.compile(r"^\s*\d+ passed, \d+ failed")
+_MAX_DETAIL = 100
+
+
+def render_summary(result: RunResult, color: bool = False) -> str:
+    """Render the table, per-case figures and a result line; ANSI colours only if `color`."""
+    rows: list[tuple[str, str, str, str]] = []
+    for case in result.cases:
+        for step in case.steps:
+            rows.append((case.name, step.name, step.verdict.upper(), _one_line(step.detail)))
+        if not case.steps:
+            rows.append((case.name, "-", case.verdict.upper(), _one_line(case.reason)))
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_HEADERS)]
+
+    def fmt(cells: tuple[str, str, str, str], paint: bool) -> str:
+        case, step, verdict, detail = (c.ljust(w) for c, w in zip(cells, widths, strict=True))
+        if paint:
+            verdict = _paint(cells[2].lower(), verdict)
+        return f"{case} | {step} | {verdict} | {detail}".rstrip()
+
+    lines = [fmt(_HEADERS, False), "-+-".join("-" * w for w in widths)]
+    lines += [fmt(r, color) for r in rows]
+    lines.append("")
+    for case in result.cases:
+        lines += _case_lines(case, color)
+    lines.append(_result_line(result, color))
+    if result.output_dir:
+        lines.append(f"results: {Path(result.output_dir) / 'results.json'}")
+    return "\n".join(_defuse(line) for line in lines) + "\n"
+
+
+def _case_lines(case: CaseResult, color: bool) -> list[str]:
+    """The figures line of one case, and its reason when it did not pass."""
+    m, t = case.migration, case.traffic
+    ram_mib = m.ram_transferred_bytes / (1024 * 1024)
+    verdict = case.verdict.upper()
+    lines = [
+        f"{case.name}: {_paint(case.verdict, verdict) if color else verdict} in "
+        f"{case.duration_s:.1f} s; migration {m.status or '-'}, total {m.total_time_ms} ms, "
+        f"downtime {m.downtime_ms} ms, RAM {ram_mib:.1f} MiB; traffic sent {t.sent}, "
+        f"before {t.received_before}, during {t.received_during}, after {t.received_after}"
+    ]
+    if case.reason and case.verdict != "pass":
+        lines.append(f"  reason: {_one_line(case.reason, limit=200)}")
+    return lines
+
+
+def _result_line(result: RunResult, color: bool) -> str:
+    counts = {v: sum(1 for c in result.cases if c.verdict == v) for v in VERDICTS}
+    overall = "PASS" if result.exit_code == 0 else "FAIL"
+    if color:
+        overall = _paint("pass" if overall == "PASS" else "fail", overall)
+    n = len(result.cases)
+    tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
+    noun = "case" if n == 1 else "cases"
+    return f"result: {overall} ({n} {noun}: {tally}) in {result.duration_s:.1f} s"
+
+
+def _paint(verdict: str, text: str) -> str:
+    code = _COLORS.get(verdict)
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
+
+
+def _one_line(text: str, limit: int = _MAX_DETAIL) -> str:
+    """Collapse whitespace (program output may span lines) and cut to `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _defuse(line: str) -> str:
+    """Indent a line that the CI harness would mistake for its own result line."""
+    return f"| {line}" if _CI_RESULT_LINE.match(line) else line

@@ -1,0 +1,48 @@
+"""Reserving 2 MiB hugepages for a run and giving them back afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vhostlm.errors import UsageError
+
+NR_PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+FREE_PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+PAGE_MB = 2
+
+
+def free_pages() -> int:
+    """2 MiB pages free right now."""
+    return int(FREE_PATH.read_text())
+
+
+def total_pages() -> int:
+    """2 MiB pages in the pool."""
+    return int(NR_PATH.read_text())
+
+
+def reserve(pages: int) -> int:
+    """Grow the pool so `pages` are free; return how many pages were added (to give back).
+
+    Raises UsageError when the kernel cannot provide them (memory too fragmented or short).
+    """
+    missing = pages - free_pages()
+    if missing <= 0:
+        return 0
+    before = total_pages()
+    NR_PATH.write_text(str(before + missing))
+    added = total_pages() - before
+    got = free_pages()
+    if got < pages:
+        NR_PATH.write_text(str(max(0, total_pages() - added)))
+        raise UsageError(
+            f"too few hugepages: the run needs {pages} free 2 MiB pages and the kernel could "
+            f"provide only {got}; free some memory (or lower --guest-mem) and retry"
+        )
+    return added
+
+
+def release(added: int) -> None:
+    """Shrink the pool by the pages a run added (never below zero)."""
+    if added > 0:
+        NR_PATH.write_text(str(max(0, total_pages() - added)))

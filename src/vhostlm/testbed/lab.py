@@ -1,0 +1,190 @@
+"""The embedded lab: host, backup, tester and switch as network namespaces on one machine.
+
+```
+ ns tester --veth-- [ns switch: bridge br0] --veth-- ns host   (eth0)
+                                            --veth-- ns backup (eth0)
+ ns host (mig0 198.18.0.1) --veth-- (mig0 198.18.0.2) ns backup
+```
+Every name carries the run id, so two runs never collide; what is created is recorded in
+the run's runtime directory first, so teardown also works after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vhostlm.errors import SetupError
+from vhostlm.rundir import RunDir
+from vhostlm.testbed import hugepages
+from vhostlm.testbed.shell import run
+
+NS_PREFIX = "vhostlm-"
+ROLES = ("host", "backup", "tester")
+MIG_NET = "198.18.0"
+TESTER_NET = "198.18.1"
+MIG_PORT = 4444
+
+
+@dataclass(frozen=True)
+class LabAddresses:
+    """Addresses the cases need from the lab."""
+
+    migration: dict[str, str]
+    port_mac: dict[str, str]
+
+
+class Lab:
+    """One run's namespaces, links, hugetlbfs mount and hugepage reservation."""
+
+    def __init__(self, rundir: RunDir) -> None:
+        self.rundir = rundir
+        self.run_id = rundir.run_id
+        self.hugedir = rundir.runtime / "huge"
+        self._state_path = rundir.runtime / "lab.json"
+        self.state: dict[str, object] = {"run_id": self.run_id, "netns": [], "added_pages": 0}
+
+    def ns(self, role: str) -> str:
+        """Name of the namespace playing `role` (host, backup, tester, switch)."""
+        return f"{NS_PREFIX}{self.run_id}-{role}"
+
+    @staticmethod
+    def port(role: str) -> str:
+        """The role's switch-facing interface (the 'physical port' of the seed)."""
+        return "eth0"
+
+    @staticmethod
+    def migration_ip(role: str) -> str:
+        """Address of the role on the host-backup migration link."""
+        return f"{MIG_NET}.{ {'host': 1, 'backup': 2}[role] }"
+
+    def port_mac(self, role: str) -> str:
+        """MAC address of the role's switch-facing interface."""
+        out = run(["ip", "-n", self.ns(role), "-j", "link", "show", self.port(role)])
+        return str(json.loads(out)[0]["address"])
+
+    def _save(self) -> None:
+        self._state_path.write_text(json.dumps(self.state, indent=1))
+
+    def _add_ns(self, name: str) -> None:
+        run(["ip", "netns", "add", name])
+        netns = self.state["netns"]
+        assert isinstance(netns, list)
+        netns.append(name)
+        self._save()
+        self.rundir.record("netns", name)
+        run(["ip", "-n", name, "link", "set", "lo", "up"])
+        for key in ("all", "default"):
+            run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    name,
+                    "sysctl",
+                    "-qw",
+                    f"net.ipv6.conf.{key}.disable_ipv6=1",
+                ]
+            )
+
+    def _veth(self, a_ns: str, a_if: str, b_ns: str, b_if: str) -> None:
+        run(["ip", "link", "add", a_if, "netns", a_ns, "type", "veth",
+             "peer", "name", b_if, "netns", b_ns])  # fmt: skip
+        for ns, ifname in ((a_ns, a_if), (b_ns, b_if)):
+            run(["ip", "-n", ns, "link", "set", ifname, "up"])
+
+    def up(self, pages: int) -> Lab:
+        """Create the topology and reserve `pages` hugepages; undo it all on failure."""
+        try:
+            self._save()
+            self.state["added_pages"] = hugepages.reserve(pages)
+            self._save()
+            self.hugedir.mkdir(exist_ok=True)
+            run(
+                [
+                    "mount",
+                    "-t",
+                    "hugetlbfs",
+                    "-o",
+                    "pagesize=2M,mode=0700",
+                    "hugetlbfs",
+                    str(self.hugedir),
+                ]
+            )
+            self.state["mount"] = str(self.hugedir)
+            self._save()
+            switch = self.ns("switch")
+            for role in (*ROLES, "switch"):
+                self._add_ns(self.ns(role))
+            run(["ip", "-n", switch, "link", "add", "br0", "type", "bridge"])
+            run(["ip", "-n", switch, "link", "set", "br0", "up"])
+            for role in ROLES:
+                self._veth(self.ns(role), self.port(role), switch, f"p-{role}")
+                run(["ip", "-n", switch, "link", "set", f"p-{role}", "master", "br0"])
+                run(["ip", "-n", self.ns(role), "link", "set", self.port(role), "promisc", "on"])
+            run(["ip", "-n", self.ns("tester"), "addr", "add", f"{TESTER_NET}.3/24", "dev", "eth0"])
+            self._veth(self.ns("host"), "mig0", self.ns("backup"), "mig0")
+            for role in ("host", "backup"):
+                run(
+                    [
+                        "ip",
+                        "-n",
+                        self.ns(role),
+                        "addr",
+                        "add",
+                        f"{self.migration_ip(role)}/24",
+                        "dev",
+                        "mig0",
+                    ]
+                )
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> list[str]:
+        """Remove everything `up` created; return problems (empty when all went)."""
+        return teardown_lab(self._state_path)
+
+    def status(self) -> dict[str, object]:
+        """What exists now of this lab."""
+        existing = set(list_namespaces())
+        return {
+            "run_id": self.run_id,
+            "netns": {ns: ns in existing for ns in (self.ns(r) for r in (*ROLES, "switch"))},
+            "hugepages_added": self.state.get("added_pages", 0),
+        }
+
+
+def list_namespaces() -> list[str]:
+    """Names of the network namespaces that exist."""
+    out = run(["ip", "-j", "netns", "list"], check=False).strip()
+    return [str(item["name"]) for item in json.loads(out)] if out else []
+
+
+def teardown_lab(state_path: Path) -> list[str]:
+    """Undo a lab from its state file: namespaces, mount, hugepages. Idempotent."""
+    problems: list[str] = []
+    if not state_path.exists():
+        return problems
+    state = json.loads(state_path.read_text())
+    existing = set(list_namespaces())
+    for name in reversed(state.get("netns", [])):
+        if name in existing:
+            try:
+                run(["ip", "netns", "delete", name])
+            except SetupError as exc:
+                problems.append(str(exc))
+    mount = state.get("mount")
+    if mount and Path(mount).is_mount():
+        try:
+            run(["umount", mount])
+        except SetupError as exc:
+            problems.append(str(exc))
+    hugepages.release(int(state.get("added_pages", 0)))
+    state["added_pages"] = 0
+    state["netns"] = []
+    state.pop("mount", None)
+    state_path.write_text(json.dumps(state, indent=1))
+    return problems
