@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,20 +147,24 @@ class QemuVm:
         self.pull_events()
         return len(self.events)
 
-    def wait_event(self, name: str, timeout: float, since: int = 0, **data: Any) -> dict[str, Any]:
-        """Wait for QMP event `name` (after index `since`) whose data contains `data`."""
+    def wait_event(
+        self,
+        name: str,
+        timeout: float,
+        since: int = 0,
+        match: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Wait for QMP event `name` (after index `since`) whose data satisfies `match`."""
         deadline = time.monotonic() + timeout
         seen = since
         while True:
             for event in self.events[seen:]:
-                if event.get("event") == name and all(
-                    event.get("data", {}).get(k) == v for k, v in data.items()
-                ):
+                if event.get("event") == name and (match is None or match(event.get("data", {}))):
                     return event
             seen = len(self.events)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise SetupError(f"QEMU {self.spec.name}: no {name} event {data} in {timeout} s")
+                raise SetupError(f"QEMU {self.spec.name}: no {name} event in {timeout:.0f} s")
             if not self.process.alive():
                 raise SetupError(f"QEMU {self.spec.name} exited ({self.process.returncode})")
             self.pull_events(min(left, 1.0))

@@ -84,6 +84,17 @@ class OutputStream:
         """Output read after `mark`."""
         return self.text()[mark:]
 
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> bool:
+        """Wait until `predicate(text)` holds for the whole output; False on timeout or end."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self._text_locked()):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._cond.wait(min(left, 0.5))
+        return True
+
     def expect(
         self,
         pattern: str | re.Pattern[str],

@@ -1,0 +1,7 @@
+"""`python -m vhostlm`."""
+
+import sys
+
+from vhostlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,220 @@
+"""Command line: argument parsing only; the work happens in runner, lab and image modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from vhostlm.errors import SetupError, UsageError
+from vhostlm.plans.env import RunOptions
+from vhostlm.plans.migration import MigrationCase
+from vhostlm.plans.seed import PLANS, all_cases
+from vhostlm.report.progress import Progress
+from vhostlm.report.summary import render_summary
+
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit 2, like every other usage error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Raise instead of printing usage."""
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], float | int]:
+    """argparse type: a number > 0."""
+
+    def convert(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return convert
+
+
+def mac(text: str) -> str:
+    """argparse type: a MAC address."""
+    if not MAC_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a MAC address like 52:54:00:00:00:01")
+    return text.lower()
+
+
+def build_parser() -> Parser:
+    """The whole command-line grammar."""
+    parser = Parser(prog="vhostlm", description="Prove vhost-user live migration works.")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+
+    run = sub.add_parser("run", help="run a plan on the embedded lab (default: the seed plan)")
+    run.add_argument("--plan", default="seed", choices=sorted(PLANS))
+    run.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this case (repeatable); see `vhostlm list`",
+    )
+    run.add_argument("--output", type=Path, help="run directory (default ./results/<time>/)")
+    run.add_argument(
+        "--pps", type=positive(float), default=RunOptions.pps, help="tester packets per second"
+    )
+    run.add_argument(
+        "--dst-mac",
+        type=mac,
+        default=RunOptions.dst_mac,
+        help="destination MAC of the tester's frames (default: the guest's)",
+    )
+    run.add_argument(
+        "--guest-mem", type=positive(int), default=RunOptions.guest_mem_mb, metavar="MB"
+    )
+    run.add_argument(
+        "--migration-timeout",
+        type=positive(float),
+        default=RunOptions.migration_timeout_s,
+        metavar="S",
+    )
+    run.add_argument(
+        "--no-backup-backend",
+        action="store_true",
+        help="start no vhost testpmd on the backup (the case must fail)",
+    )
+
+    sub.add_parser("list", help="list the cases")
+
+    lab = sub.add_parser("lab", help="the embedded lab on its own")
+    lab_sub = lab.add_subparsers(dest="lab_command", parser_class=Parser)
+    lab_sub.add_parser("up", help="create a lab and leave it running")
+    down = lab_sub.add_parser("down", help="remove labs whose run is gone")
+    down.add_argument("ids", nargs="*", help="run ids to remove (default: every orphaned lab)")
+    down.add_argument("--all", action="store_true", help="also labs of runs still in progress")
+    lab_sub.add_parser("status", help="list labs")
+
+    image = sub.add_parser("image", help="the guest image")
+    image_sub = image.add_subparsers(dest="image_command", parser_class=Parser)
+    build = image_sub.add_parser("build", help="build (or reuse) the guest initramfs")
+    build.add_argument("--force", action="store_true")
+    return parser
+
+
+def select_cases(plan: str, names: list[str]) -> list[type[MigrationCase]]:
+    """The cases to run; UsageError naming an unknown case."""
+    known = all_cases()
+    if not names:
+        return list(PLANS[plan])
+    for name in names:
+        if name not in known:
+            raise UsageError(f"unknown case {name!r}: choose from {', '.join(known)}")
+    return [known[n] for n in names]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`vhostlm run`."""
+    from vhostlm.runner import run_plan
+
+    cases = select_cases(args.plan, args.case)
+    options = RunOptions(
+        pps=args.pps,
+        dst_mac=args.dst_mac,
+        guest_mem_mb=args.guest_mem,
+        migration_timeout_s=args.migration_timeout,
+        backup_backend=not args.no_backup_backend,
+    )
+    with Progress() as progress:
+        result = run_plan(cases, options, args.output, progress)
+    print(render_summary(result, color=sys.stdout.isatty()))
+    return result.exit_code
+
+
+def cmd_list() -> int:
+    """`vhostlm list`."""
+    for plan, cases in PLANS.items():
+        for case in cases:
+            print(f"{case.name:<14} [{plan}] {case.description()}")
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """`vhostlm lab up|down|status`."""
+    from vhostlm.preflight import check_root
+    from vhostlm.rundir import RUNTIME_ROOT, RunDir
+    from vhostlm.runner import hugepages_needed
+    from vhostlm.testbed.cleanup import down_all, owner_alive, teardown_runtime
+    from vhostlm.testbed.lab import Lab
+
+    check_root()
+    if args.lab_command == "up":
+        run_id = secrets.token_hex(3)
+        rundir = RunDir(Path("results") / f"lab-{run_id}", run_id)
+        lab = Lab(rundir).up(hugepages_needed(RunOptions()))
+        print(json.dumps(lab.status(), indent=1))
+        print(f"lab {run_id} is up; remove it with: vhostlm lab down {run_id}")
+        return 0
+    if args.lab_command == "down":
+        if args.ids:
+            for run_id in args.ids:
+                if not (RUNTIME_ROOT / run_id).is_dir():
+                    raise UsageError(f"no lab {run_id!r}: see `vhostlm lab status`")
+                teardown_runtime(RUNTIME_ROOT / run_id)
+                print(f"removed {run_id}")
+            return 0
+        removed, problems = down_all(include_live=args.all)
+        for item in removed:
+            print(f"removed {item}")
+        for problem in problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+    if args.lab_command == "status":
+        runs = sorted(RUNTIME_ROOT.iterdir()) if RUNTIME_ROOT.exists() else []
+        for runtime in runs:
+            state = "running" if owner_alive(runtime) else "orphaned"
+            print(f"{runtime.name}  {state}  {runtime}")
+        if not runs:
+            print("no labs")
+        return 0
+    raise UsageError("lab: say up, down or status")
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    """`vhostlm image build`."""
+    from vhostlm.image.build import build_image
+    from vhostlm.runner import CACHE_DIR
+
+    if args.image_command != "build":
+        raise UsageError("image: say build")
+    img = build_image(CACHE_DIR / "images", log=print, force=args.force)
+    print(f"kernel {img.kernel}\ninitrd {img.initrd}\nguest kernel {img.kernel_version}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0 pass, 1 fail, 2 usage or configuration error, 130 interrupted."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "lab":
+            return cmd_lab(args)
+        if args.command == "image":
+            return cmd_image(args)
+        raise UsageError("say what to do: run, list, lab or image (see `vhostlm --help`)")
+    except UsageError as exc:
+        print(f"vhostlm: error: {exc}", file=sys.stderr)
+        return 2
+    except SetupError as exc:
+        print(f"vhostlm: setup failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vhostlm: interrupted; everything the run started was removed", file=sys.stderr)
+        return 130

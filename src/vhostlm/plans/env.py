@@ -1,0 +1,38 @@
+"""What every case of a plan shares: the run directory, the lab, the guest image, options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vhostlm.apps.qemu import GUEST_MAC
+from vhostlm.image.build import GuestImage
+from vhostlm.report.progress import Progress
+from vhostlm.rundir import RunDir
+from vhostlm.testbed.lab import Lab
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Knobs of a run that the cases read; defaults follow the seed plan."""
+
+    pps: float = 50.0
+    dst_mac: str = GUEST_MAC
+    guest_mem_mb: int = 1024
+    guest_smp: int = 2
+    boot_timeout_s: float = 90.0
+    migration_timeout_s: float = 120.0
+    after_packets: int = 5
+    after_timeout_s: float = 30.0
+    backup_backend: bool = True
+
+
+@dataclass
+class LabEnv:
+    """The shared set-up the cases run on."""
+
+    rundir: RunDir
+    lab: Lab
+    image: GuestImage
+    accel: str
+    options: RunOptions
+    progress: Progress

@@ -1,0 +1,287 @@
+"""The seed plan's flow, written once: prerequisites, receive, migrate, receive again.
+
+A case subclasses `MigrationCase` and says how the guest receives (the `Receiver`);
+everything else (testpmd with a vhost port on host and backup, the guest and its paused
+twin with `-incoming`, tester traffic, the migration from QMP) is shared.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from vhostlm.apps.console import GuestShell
+from vhostlm.apps.guest import Receiver
+from vhostlm.apps.process import Process
+from vhostlm.apps.qemu import QemuVm, VmSpec
+from vhostlm.apps.stream import ExpectTimeout
+from vhostlm.apps.testpmd import TestPmd, testpmd_argv
+from vhostlm.errors import SetupError, StepFailed
+from vhostlm.plans.env import LabEnv
+from vhostlm.plans.steps import CaseAborted, StepRunner
+from vhostlm.report.results import CaseResult, MigrationFigures
+from vhostlm.testbed.lab import MIG_PORT
+
+READY_MARK = "VHOSTLM-GUEST-READY"
+TESTPMD_BINARY = "dpdk-testpmd"
+END_STATES = ("completed", "failed", "cancelled")
+
+
+def prerequisite_steps() -> list[str]:
+    """Steps 2-5 of the seed's prerequisites, the same for every case."""
+    return ["host_testpmd", "host_vm", "backup_testpmd", "backup_vm"]
+
+
+class MigrationCase:
+    """One case of the plan: a guest receiving tester traffic across a live migration."""
+
+    name = ""
+    driver_step = "guest_driver"
+    reconnects = False  # True: the guest driver re-initialises the device (virtio-pmd)
+
+    def receiver(self) -> Receiver:
+        """The guest-side receiver of this case."""
+        raise NotImplementedError
+
+    @classmethod
+    def description(cls) -> str:
+        """First line of the case's docstring, for `vhostlm list`."""
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+    def planned_steps(self) -> list[str]:
+        """Every step of the case, in order, so unrun ones can be reported as skipped."""
+        return [
+            *prerequisite_steps(),
+            self.driver_step,
+            "vhost_connected",
+            "guest_receives",
+            "migration_active",
+            "receives_during_migration",
+            "migration_completed",
+            "receives_after_migration",
+        ]
+
+    def run(self, env: LabEnv) -> CaseResult:
+        """Run every step; whatever happens, stop what the case started."""
+        result = CaseResult(name=self.name)
+        runner = StepRunner(result, env.progress, self.planned_steps())
+        start = time.monotonic()
+        try:
+            with ExitStack() as stack:
+                self._body(env, runner, stack, result)
+        except CaseAborted:
+            runner.skip_rest("not run: an earlier step did not pass")
+        finally:
+            result.duration_s = round(time.monotonic() - start, 3)
+        result.finish()
+        return result
+
+    def _testpmd(self, env: LabEnv, role: str, sock: str) -> TestPmd:
+        lab = env.lab
+        argv = testpmd_argv(
+            TESTPMD_BINARY,
+            "0-1",
+            [f"net_vhost0,iface={sock},queues=1", f"net_af_packet0,iface={lab.port(role)}"],
+            file_prefix=f"vhostlm-{env.rundir.run_id}-{self.name}-{role}",
+            huge_dir=str(lab.hugedir),
+            mem_mb=256,
+        )
+        return TestPmd(f"{self.name}-testpmd-{role}", argv, env.rundir, lab.ns(role))
+
+    def _vm_spec(self, env: LabEnv, role: str, incoming: str | None) -> VmSpec:
+        rd = env.rundir
+        return VmSpec(
+            name=f"{self.name}-{role}",
+            kernel=env.image.kernel,
+            initrd=env.image.initrd,
+            vhost_socket=rd.socket_path(f"{self.name}-{role}-vhost.sock"),
+            qmp_socket=rd.socket_path(f"{self.name}-{role}-qmp.sock"),
+            console_socket=rd.socket_path(f"{self.name}-{role}-console.sock"),
+            accel=env.accel,
+            cpu="host" if env.accel == "kvm" else "max",
+            mem_mb=env.options.guest_mem_mb,
+            smp=env.options.guest_smp,
+            mem_path=env.lab.hugedir,
+            incoming=incoming,
+        )
+
+    def _body(self, env: LabEnv, runner: StepRunner, stack: ExitStack, result: CaseResult) -> None:
+        opts = env.options
+        lab = env.lab
+
+        with runner.step("host_testpmd", "prerequisite 2"):
+            host_pmd = self._testpmd(
+                env, "host", str(env.rundir.socket_path(f"{self.name}-host-vhost.sock"))
+            )
+            stack.callback(host_pmd.stop)
+            host_pmd.start()
+            host_pmd.cmd("start")
+
+        with runner.step("host_vm", "prerequisite 3") as step:
+            src = QemuVm(self._vm_spec(env, "host", None), env.rundir, lab.ns("host"))
+            stack.callback(src.stop)
+            t0 = time.monotonic()
+            src.start()
+            shell = GuestShell(src.console)
+            src.console.output.expect(READY_MARK, opts.boot_timeout_s, alive=src.process.alive)
+            shell.wait_prompt(30)
+            step.figures["boot_s"] = round(time.monotonic() - t0, 2)
+
+        with runner.step("backup_testpmd", "prerequisite 4") as step:
+            bsock = env.rundir.socket_path(f"{self.name}-backup-vhost.sock")
+            if opts.backup_backend:
+                backup_pmd = self._testpmd(env, "backup", str(bsock))
+                stack.callback(backup_pmd.stop)
+                backup_pmd.start()
+                backup_pmd.cmd("start")
+            else:
+                step.verdict = "skip"
+                step.detail = "no vhost testpmd started on the backup (--no-backup-backend)"
+
+        with runner.step("backup_vm", "prerequisite 5"):
+            incoming = f"tcp:{lab.migration_ip('backup')}:{MIG_PORT}"
+            dst = QemuVm(self._vm_spec(env, "backup", incoming), env.rundir, lab.ns("backup"))
+            stack.callback(dst.stop)
+            try:
+                dst.start()
+            except SetupError as exc:
+                if not bsock.exists():
+                    raise StepFailed(
+                        "no vhost-user backend on the backup: QEMU could not connect to "
+                        f"{bsock} ({exc})"
+                    ) from exc
+                raise
+            for vm in (src, dst):
+                vm.qmp(
+                    "migrate-set-capabilities",
+                    capabilities=[{"capability": "events", "state": True}],
+                )
+
+        receiver = self.receiver()
+        mark = host_pmd.process.output.mark() if self.reconnects else 0
+        with runner.step(self.driver_step, "step 7") as step:
+            receiver.start(shell)
+            step.detail = " && ".join(getattr(receiver, "commands", []))[-300:]
+
+        with runner.step("vhost_connected", "step 8") as step:
+            try:
+                step.detail = host_pmd.wait_vhost_ready(30, since=mark).strip()
+            except ExpectTimeout as exc:
+                raise StepFailed(
+                    f"host vhost PMD never reported the guest's virtio device ready: {exc}"
+                ) from exc
+
+        tester = Process(
+            f"{self.name}-tester",
+            [
+                sys.executable,
+                "-m",
+                "vhostlm.measure.sender",
+                "--iface",
+                lab.port("tester"),
+                "--dst",
+                opts.dst_mac,
+                "--pps",
+                str(opts.pps),
+            ],
+            env.rundir,
+            netns=lab.ns("tester"),
+        )
+        stack.callback(lambda: self._stop_tester(tester, result))
+        tester.start()
+
+        src_out = src.console.output
+        dst_out = dst.console.output
+        with runner.step("guest_receives", "step 9") as step:
+            if not src_out.wait_for(lambda t: receiver.total([t]) >= 1, 30):
+                raise StepFailed(
+                    f"the guest received no packet in 30 s ({self._sent(tester)} sent)"
+                )
+            step.figures["received"] = receiver.total([src_out.text()])
+
+        with runner.step("migration_active", "step 10") as step:
+            before = receiver.total([src_out.text()])
+            result.traffic.received_before = before
+            ev = src.event_mark()
+            uri = f"tcp:{lab.migration_ip('backup')}:{MIG_PORT}"
+            t_migrate = time.monotonic()
+            src.qmp("migrate", uri=uri)
+            event = self._wait_migration(src, ev, ("active", *END_STATES), 30)
+            status = event["data"]["status"]
+            if status != "active":
+                raise StepFailed(f"migration is {status}, not active: {self._error_desc(src)}")
+            step.detail = f"migrate -d {uri}: active"
+
+        with runner.step("receives_during_migration", "step 11") as step:
+            rose = src_out.wait_for(lambda t: receiver.total([t]) > before, 30)
+            info = src.qmp("query-migrate")
+            if not rose:
+                raise StepFailed("the guest received nothing while the migration ran")
+            step.detail = f"received while migration was {info.get('status')}"
+
+        with runner.step("migration_completed", "step 12") as step:
+            try:
+                event = self._wait_migration(src, ev, END_STATES, opts.migration_timeout_s)
+            except SetupError as exc:
+                src.qmp("migrate_cancel")
+                raise StepFailed(
+                    f"migration did not complete within {opts.migration_timeout_s:.0f} s "
+                    f"({self._figures_line(src)})"
+                ) from exc
+            completed_at = time.monotonic()
+            result.migration = MigrationFigures.from_query_migrate(src.qmp("query-migrate"))
+            result.phases["migration_s"] = round(completed_at - t_migrate, 3)
+            if event["data"]["status"] != "completed":
+                raise StepFailed(f"migration failed: {self._error_desc(src)}")
+            dst.wait_event("RESUME", 30)
+            step.detail = f"Migration status: completed ({self._figures_line(src)})"
+            during_text = src_out.text()
+            result.traffic.received_during = receiver.total([during_text]) - before
+
+        with runner.step("receives_after_migration", "step 13") as step:
+            at = receiver.total([during_text])
+            want = at + opts.after_packets
+            ok = dst_out.wait_for(
+                lambda t: receiver.total([during_text, t]) >= want, opts.after_timeout_s
+            )
+            after = receiver.total([during_text, dst_out.text()]) - at
+            result.traffic.received_after = after
+            if not ok:
+                raise StepFailed(
+                    f"after migration the guest on the backup received {after} packets in "
+                    f"{opts.after_timeout_s:.0f} s (wanted {opts.after_packets})"
+                )
+            step.detail = f"the guest on the backup received {after} more packets"
+
+    @staticmethod
+    def _wait_migration(
+        vm: QemuVm, since: int, states: tuple[str, ...], timeout: float
+    ) -> dict[str, Any]:
+        return vm.wait_event(
+            "MIGRATION", timeout, since, match=lambda data: data.get("status") in states
+        )
+
+    @staticmethod
+    def _error_desc(vm: QemuVm) -> str:
+        info = vm.qmp("query-migrate")
+        return str(info.get("error-desc", info.get("status", "unknown")))
+
+    @staticmethod
+    def _figures_line(vm: QemuVm) -> str:
+        fig = MigrationFigures.from_query_migrate(vm.qmp("query-migrate"))
+        return (
+            f"total {fig.total_time_ms} ms, downtime {fig.downtime_ms} ms, "
+            f"{fig.ram_transferred_bytes / 2**20:.0f} MiB sent"
+        )
+
+    @staticmethod
+    def _sent(tester: Process) -> int:
+        found = re.findall(r"(?:sent|total) (\d+)", tester.output.text())
+        return int(found[-1]) if found else 0
+
+    def _stop_tester(self, tester: Process, result: CaseResult) -> None:
+        tester.stop()
+        result.traffic.sent = self._sent(tester)

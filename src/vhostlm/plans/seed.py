@@ -1,0 +1,54 @@
+"""The seed plan: DPDK's "vhost user live migration" test plan, its two cases."""
+
+from __future__ import annotations
+
+from vhostlm.apps.guest import KernelReceiver, Receiver, TestPmdReceiver
+from vhostlm.plans.migration import MigrationCase
+
+
+class VirtioPmd(MigrationCase):
+    """Migrate a guest whose virtio device is driven by testpmd (virtio-pmd) in the guest.
+
+    Steps:
+        Prerequisites 2-5; in the guest bind the device to uio_pci_generic, run testpmd,
+        `set fwd rxonly`, `set verbose 1`, `start tx_first`; tester sends continuously;
+        `migrate` to the backup over the migration link.
+    Verify:
+        The host's vhost PMD reports the device ready; the guest receives before, while the
+        migration is active and, on the backup, after it completed.
+    """
+
+    name = "virtio_pmd"
+    driver_step = "guest_testpmd"
+    reconnects = True
+
+    def receiver(self) -> Receiver:
+        """testpmd in the guest."""
+        return TestPmdReceiver()
+
+
+class VirtioNet(MigrationCase):
+    """Migrate a guest whose virtio device is driven by the guest kernel's virtio-net.
+
+    Steps:
+        Prerequisites 2-5; in the guest bring the link up; tester sends continuously;
+        `migrate` to the backup over the migration link.
+    Verify:
+        The guest interface's receive counter rises before, while the migration is
+        active and, on the backup, after it completed.
+    """
+
+    name = "virtio_net"
+    driver_step = "guest_link_up"
+
+    def receiver(self) -> Receiver:
+        """The kernel driver, its rx counter printed in a loop."""
+        return KernelReceiver()
+
+
+PLANS: dict[str, list[type[MigrationCase]]] = {"seed": [VirtioPmd, VirtioNet]}
+
+
+def all_cases() -> dict[str, type[MigrationCase]]:
+    """Every known case by name."""
+    return {case.name: case for cases in PLANS.values() for case in cases}

@@ -1,0 +1,56 @@
+"""Running a case as named steps, each with its own verdict, timing and figures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from vhostlm.errors import SetupError, StepFailed
+from vhostlm.report.progress import Progress
+from vhostlm.report.results import CaseResult, StepResult
+
+
+class CaseAborted(Exception):
+    """A step did not pass: the remaining steps of the case are skipped."""
+
+
+class StepRunner:
+    """Records each step of one case into its CaseResult and reports progress."""
+
+    def __init__(self, result: CaseResult, progress: Progress, planned: list[str]) -> None:
+        self.result = result
+        self.progress = progress
+        self.planned = planned
+        self._done: set[str] = set()
+
+    @contextmanager
+    def step(self, name: str, seed: str = "") -> Iterator[StepResult]:
+        """Run the body as step `name`; StepFailed -> fail, other errors -> error, then abort.
+
+        `seed` names the step of the seed plan this one implements (e.g. "step 9").
+        """
+        self.progress.phase(self.result.name, name)
+        step = StepResult(name=name, verdict="pass")
+        if seed:
+            step.figures["seed_step"] = seed
+        self.result.steps.append(step)
+        self._done.add(name)
+        start = time.monotonic()
+        try:
+            yield step
+        except StepFailed as exc:
+            step.verdict, step.detail = "fail", str(exc)
+            raise CaseAborted(str(exc)) from exc
+        except SetupError as exc:
+            step.verdict, step.detail = "error", str(exc)
+            raise CaseAborted(str(exc)) from exc
+        finally:
+            step.duration_s = round(time.monotonic() - start, 3)
+
+    def skip_rest(self, why: str) -> None:
+        """Mark every planned step that did not run as skipped, with `why`."""
+        for name in self.planned:
+            if name not in self._done:
+                self.result.steps.append(StepResult(name=name, verdict="skip", detail=why))
+                self._done.add(name)

@@ -1,0 +1,115 @@
+"""One run of a plan on the embedded lab: set up once, run the cases, tear down, report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from vhostlm import __version__
+from vhostlm.apps.accel import probe_accel
+from vhostlm.image.build import GuestImage, build_image
+from vhostlm.plans.env import LabEnv, RunOptions
+from vhostlm.plans.migration import MigrationCase
+from vhostlm.preflight import preflight
+from vhostlm.report.progress import Progress
+from vhostlm.report.results import CaseResult, RunResult, now_iso, write_results
+from vhostlm.rundir import RunDir
+from vhostlm.testbed.cleanup import teardown_runtime
+from vhostlm.testbed.lab import Lab
+
+CACHE_DIR = Path(os.environ.get("VHOSTLM_CACHE", "/var/cache/vhostlm"))
+TESTPMD_MB = 256
+
+
+def default_output() -> Path:
+    """./results/<timestamp>/ (a suffix keeps two runs in the same second apart)."""
+    base = Path("results") / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def hugepages_needed(options: RunOptions) -> int:
+    """2 MiB pages for two guests (source and destination) and two vhost testpmds."""
+    return 2 * (options.guest_mem_mb // 2) + 2 * (TESTPMD_MB // 2) + 32
+
+
+def qemu_version() -> str:
+    """`qemu-system-x86_64 --version`, first line's version number."""
+    out = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    words = out.split()
+    return words[3] if len(words) > 3 else out.strip()
+
+
+def _raise_interrupt(_sig: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def image(progress: Progress) -> GuestImage:
+    """The guest image from the cache, built if its inputs changed."""
+    return build_image(CACHE_DIR / "images", log=progress.note)
+
+
+def run_plan(
+    cases: list[type[MigrationCase]],
+    options: RunOptions,
+    output: Path | None,
+    progress: Progress,
+) -> RunResult:
+    """Run `cases` on a fresh embedded lab; the lab is gone when this returns or raises."""
+    preflight()
+    started = time.monotonic()
+    out = (output or default_output()).resolve()
+    rundir = RunDir(out, secrets.token_hex(3))
+    result = RunResult(
+        started=now_iso(),
+        testbed="lab",
+        command=sys.argv,
+        output_dir=str(out),
+        host={"kernel": platform.release(), "machine": platform.machine()},
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    progress.note(f"run {rundir.run_id}: output in {out}")
+    try:
+        progress.phase("setup", "image")
+        t = time.monotonic()
+        img = image(progress)
+        phases = {"image_s": time.monotonic() - t}
+        result.versions = {
+            "vhostlm": __version__,
+            "python": platform.python_version(),
+            "qemu": qemu_version(),
+            "dpdk": img.dpdk_version,
+            "guest_kernel": img.kernel_version,
+        }
+        progress.phase("setup", "lab")
+        t = time.monotonic()
+        lab = Lab(rundir).up(hugepages_needed(options))
+        phases["lab_s"] = time.monotonic() - t
+        progress.phase("setup", "accel probe")
+        result.accel = probe_accel(img, rundir, CACHE_DIR / "accel.json")
+        env = LabEnv(rundir, lab, img, result.accel, options, progress)
+        for case_type in cases:
+            case_result: CaseResult = case_type().run(env)
+            case_result.phases.update({k: round(v, 3) for k, v in phases.items()})
+            result.cases.append(case_result)
+    finally:
+        progress.phase("teardown", "cleanup")
+        problems = teardown_runtime(rundir.runtime)
+        for problem in problems:
+            progress.note(f"teardown: {problem}")
+        signal.signal(signal.SIGTERM, previous)
+        result.duration_s = round(time.monotonic() - started, 3)
+        write_results(result, out / "results.json")
+    return result
