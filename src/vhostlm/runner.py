@@ -16,7 +16,7 @@ from vhostlm import __version__
 from vhostlm.apps.accel import probe_accel
 from vhostlm.image.build import GuestImage, build_image
 from vhostlm.plans.env import LabEnv, RunOptions
-from vhostlm.plans.migration import MigrationCase
+from vhostlm.plans.migration import TESTPMD_MB, MigrationCase
 from vhostlm.preflight import preflight
 from vhostlm.report.progress import Progress
 from vhostlm.report.results import CaseResult, RunResult, now_iso, write_results
@@ -25,7 +25,6 @@ from vhostlm.testbed.cleanup import teardown_runtime
 from vhostlm.testbed.lab import Lab
 
 CACHE_DIR = Path(os.environ.get("VHOSTLM_CACHE", "/var/cache/vhostlm"))
-TESTPMD_MB = 256
 
 
 def default_output() -> Path:
@@ -77,6 +76,7 @@ def run_plan(
         testbed="lab",
         command=sys.argv,
         output_dir=str(out),
+        run_id=rundir.run_id,
         host={"kernel": platform.release(), "machine": platform.machine()},
     )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)

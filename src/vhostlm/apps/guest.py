@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from vhostlm.apps.console import GuestShell
+from vhostlm.apps.console import SHELL_PROMPT, GuestShell
 from vhostlm.apps.testpmd import PROMPT, count_verbose_rx
 from vhostlm.errors import SetupError
 
@@ -64,7 +64,11 @@ class TestPmdReceiver:
         self.commands.append(argv)
         mark = shell.console.output.mark()
         shell.console.write(argv + "\n")
-        shell.console.output.expect(re.escape(PROMPT), 90, since=mark)
+        pattern = f"{re.escape(PROMPT)}|{re.escape(SHELL_PROMPT)}"
+        if shell.console.output.expect(pattern, 120, since=mark).group(0) != PROMPT:
+            lines = shell.console.output.since(mark).strip().splitlines()
+            why = next((ln for ln in reversed(lines) if "EAL: Error" in ln or "Cause" in ln), "")
+            raise SetupError(f"guest testpmd exited: {why or lines[-2:]}")
         for cmd in ("set fwd rxonly", "set verbose 1", "start tx_first"):
             self.commands.append(cmd)
             mark = shell.console.output.mark()
@@ -91,7 +95,7 @@ class KernelReceiver:
 
     def start(self, shell: GuestShell) -> None:
         """Bring the link up and print `RX <rx_packets>` continuously."""
-        self.iface = shell.run(f"ls /sys/bus/pci/devices/{guest_nic_pci(shell)}/net").split()[0]
+        self.iface = shell.run(f"ls /sys/bus/pci/devices/{guest_nic_pci(shell)}/virtio*/net").split()[0]
         up = f"ip link set {self.iface} up"
         self.commands.append(up)
         shell.run(up)

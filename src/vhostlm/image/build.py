@@ -541,7 +541,7 @@ def _write_initramfs(root: Path, out: Path) -> None:
     """Pack root as a newc cpio archive (owned by root) and gzip it into out."""
     if shutil.which("cpio") is None:
         raise SetupError("cpio is not installed: apt-get install cpio")
-    names: list[str] = []
+    names: list[str] = ["."]  # the root entry: the kernel chmods / to its mode (0755)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         rel = os.path.relpath(dirpath, root)

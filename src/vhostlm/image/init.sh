@@ -8,6 +8,7 @@ export HOME=/root
 export PS1='vhostlm-guest# '
 
 mount -t proc proc /proc
+chmod 755 /  # DPDK refuses to load plugins under a world-writable directory
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/hugepages /var/run /run /tmp /root
@@ -39,13 +40,19 @@ hostname vhostlm-guest
 
 echo "VHOSTLM-GUEST-READY $kver"
 
-# Serial ports report a 0x0 window, so busybox line editing would assume 80 columns and
-# redraw (with escape sequences) every command longer than that: make the line wide.
-stty -F /dev/ttyS0 cols 1024 rows 50 2>/dev/null
+# The shell's terminal: no echo, so busybox ash reads plain lines (no line editing, no
+# "ESC[6n" cursor queries, no redraws) and a harness sees only output and prompts; wide
+# lines so ps and friends do not cut their output at 80 columns. Boot with vhostlm.echo
+# on the kernel command line for a human-friendly echoing, line-editing shell.
+tty_mode="-echo"
+case " $(cat /proc/cmdline) " in
+*" vhostlm.echo "*) tty_mode="echo" ;;
+esac
 
 # setsid + cttyhack give the shell /dev/ttyS0 (the console) as its controlling tty, so
 # job control and Ctrl-C work. PID 1 must never exit: restart the shell when it ends.
 while :; do
+    stty -F /dev/ttyS0 sane $tty_mode cols 1024 rows 50 2>/dev/null
     setsid cttyhack sh
     echo "vhostlm: shell exited, restarting it"
     sleep 1

@@ -28,6 +28,8 @@ from vhostlm.testbed.lab import MIG_PORT
 READY_MARK = "VHOSTLM-GUEST-READY"
 TESTPMD_BINARY = "dpdk-testpmd"
 END_STATES = ("completed", "failed", "cancelled")
+TESTPMD_MB = 128  # hugepage memory of each vhost testpmd
+TESTPMD_MBUFS = 16384  # testpmd's default pool would take ~600 MiB of hugepages
 
 
 def prerequisite_steps() -> list[str]:
@@ -87,7 +89,8 @@ class MigrationCase:
             [f"net_vhost0,iface={sock},queues=1", f"net_af_packet0,iface={lab.port(role)}"],
             file_prefix=f"vhostlm-{env.rundir.run_id}-{self.name}-{role}",
             huge_dir=str(lab.hugedir),
-            mem_mb=256,
+            mem_mb=TESTPMD_MB,
+            app_args=[f"--total-num-mbufs={TESTPMD_MBUFS}"],
         )
         return TestPmd(f"{self.name}-testpmd-{role}", argv, env.rundir, lab.ns(role))
 
@@ -229,15 +232,15 @@ class MigrationCase:
                 src.qmp("migrate_cancel")
                 raise StepFailed(
                     f"migration did not complete within {opts.migration_timeout_s:.0f} s "
-                    f"({self._figures_line(src)})"
+                    f"({self._figures_line(self._final_figures(src))})"
                 ) from exc
             completed_at = time.monotonic()
-            result.migration = MigrationFigures.from_query_migrate(src.qmp("query-migrate"))
             result.phases["migration_s"] = round(completed_at - t_migrate, 3)
             if event["data"]["status"] != "completed":
                 raise StepFailed(f"migration failed: {self._error_desc(src)}")
             dst.wait_event("RESUME", 30)
-            step.detail = f"Migration status: completed ({self._figures_line(src)})"
+            result.migration = self._final_figures(src)
+            step.detail = f"Migration status: completed ({self._figures_line(result.migration)})"
             during_text = src_out.text()
             result.traffic.received_during = receiver.total([during_text]) - before
 
@@ -270,8 +273,17 @@ class MigrationCase:
         return str(info.get("error-desc", info.get("status", "unknown")))
 
     @staticmethod
-    def _figures_line(vm: QemuVm) -> str:
-        fig = MigrationFigures.from_query_migrate(vm.qmp("query-migrate"))
+    def _final_figures(vm: QemuVm) -> MigrationFigures:
+        """query-migrate once QEMU has filled in total-time (set just after the event)."""
+        deadline = time.monotonic() + 5
+        while True:
+            info = vm.qmp("query-migrate")
+            if "total-time" in info or time.monotonic() > deadline:
+                return MigrationFigures.from_query_migrate(info)
+            vm.pull_events(0.05)
+
+    @staticmethod
+    def _figures_line(fig: MigrationFigures) -> str:
         return (
             f"total {fig.total_time_ms} ms, downtime {fig.downtime_ms} ms, "
             f"{fig.ram_transferred_bytes / 2**20:.0f} MiB sent"

@@ -140,6 +140,7 @@ class RunResult:
     host: dict[str, str] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
     output_dir: str = ""
+    run_id: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -237,7 +238,13 @@ _RUN_REQUIRED = {
     "testbed": _STR,
     "cases": _LIST,
 }
-_RUN_OPTIONAL = {"versions": _STR_MAP, "host": _STR_MAP, "command": _STR_LIST, "output_dir": _STR}
+_RUN_OPTIONAL = {
+    "versions": _STR_MAP,
+    "host": _STR_MAP,
+    "command": _STR_LIST,
+    "output_dir": _STR,
+    "run_id": _STR,
+}
 _CASE_REQUIRED = {
     "name": _STR,
     "verdict": _STR,
@@ -354,6 +361,7 @@ def _run_from_dict(d: dict[str, Any]) -> RunResult:
         host=dict(d.get("host", {})),
         command=list(d.get("command", [])),
         output_dir=d.get("output_dir", ""),
+        run_id=d.get("run_id", ""),
     )
 
 

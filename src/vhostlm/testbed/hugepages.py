@@ -11,6 +11,14 @@ FREE_PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
 PAGE_MB = 2
 
 
+def mem_available_mb() -> int:
+    """MemAvailable from /proc/meminfo, in MiB: the most the pool could grow by."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
 def free_pages() -> int:
     """2 MiB pages free right now."""
     return int(FREE_PATH.read_text())
@@ -29,6 +37,12 @@ def reserve(pages: int) -> int:
     missing = pages - free_pages()
     if missing <= 0:
         return 0
+    available = mem_available_mb() // PAGE_MB
+    if missing > available:
+        raise UsageError(
+            f"too few hugepages: the run needs {pages} free 2 MiB pages ({pages * PAGE_MB} MiB) "
+            f"and only {available + free_pages()} can be had; lower --guest-mem or free memory"
+        )
     before = total_pages()
     NR_PATH.write_text(str(before + missing))
     added = total_pages() - before

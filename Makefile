@@ -1,0 +1,58 @@
+# vhostlm: `make run` runs the seed plan on the embedded lab, `make test` runs the tests.
+# Both install what is missing first: Debian packages with apt-get, Python packages in .venv.
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+VHOSTLM   := $(VENV)/bin/vhostlm
+PYTHON    ?= python3
+APT_PACKAGES := python3 python3-venv python3-pip qemu-system-x86 qemu-utils \
+	dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-net-af-packet23 \
+	librte-mempool-ring23 busybox-static cpio iproute2 tcpdump ethtool kmod procps
+RUN_ARGS  ?=
+PYTEST_ARGS ?=
+
+.PHONY: all run test deps venv image lint unit e2e bench clean down
+
+all: test
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+image: deps venv
+	$(VHOSTLM) image build
+
+run: deps venv image
+	$(VHOSTLM) run $(RUN_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
+
+test: deps venv image lint
+	$(VENV)/bin/pytest -v -rs tests $(PYTEST_ARGS)
+
+bench: deps venv image
+	$(PY) bench/seed_bench.py
+
+down: venv
+	$(VHOSTLM) lab down
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
