@@ -88,6 +88,15 @@ def build_parser() -> Parser:
         action="store_true",
         help="start no vhost testpmd on the backup (the case must fail)",
     )
+    run.add_argument(
+        "--switch-learning",
+        action="store_true",
+        help="make the lab switch learn MACs: the guest is reached on the backup only once "
+        "it is announced there (default: flood, like the seed's switch)",
+    )
+    run.add_argument(
+        "--cpu", default="", help="guest CPU model (default: host under KVM, Nehalem under TCG)"
+    )
 
     sub.add_parser("list", help="list the cases")
 
@@ -128,6 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         guest_mem_mb=args.guest_mem,
         migration_timeout_s=args.migration_timeout,
         backup_backend=not args.no_backup_backend,
+        switch_learning=args.switch_learning,
+        cpu=args.cpu,
     )
     with Progress() as progress:
         result = run_plan(cases, options, args.output, progress)

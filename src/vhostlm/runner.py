@@ -95,11 +95,12 @@ def run_plan(
         }
         progress.phase("setup", "lab")
         t = time.monotonic()
-        lab = Lab(rundir).up(hugepages_needed(options))
+        lab = Lab(rundir).up(hugepages_needed(options), learning=options.switch_learning)
         phases["lab_s"] = time.monotonic() - t
         progress.phase("setup", "accel probe")
         result.accel = probe_accel(img, rundir, CACHE_DIR / "accel.json")
         env = LabEnv(rundir, lab, img, result.accel, options, progress)
+        result.host["guest_cpu"] = env.cpu
         for case_type in cases:
             case_result: CaseResult = case_type().run(env)
             case_result.phases.update({k: round(v, 3) for k, v in phases.items()})

@@ -76,6 +76,7 @@ class GuestShell:
         mark = self.console.output.mark()
         self.console.write(f"{command}; echo __END{tag}__ $?\n")
         match = self.console.output.expect(rf"__END{tag}__ (\d+)\n", timeout, since=mark)
+        self.console.output.expect(re.escape(SHELL_PROMPT), timeout, since=match.end())
         text = self.console.output.text()[mark : match.start()]
         lines = text.split("\n")
         out = "\n".join(line for line in lines if f"__END{tag}__" not in line).strip()

@@ -95,7 +95,9 @@ class KernelReceiver:
 
     def start(self, shell: GuestShell) -> None:
         """Bring the link up and print `RX <rx_packets>` continuously."""
-        self.iface = shell.run(f"ls /sys/bus/pci/devices/{guest_nic_pci(shell)}/virtio*/net").split()[0]
+        self.iface = shell.run(
+            f"ls /sys/bus/pci/devices/{guest_nic_pci(shell)}/virtio*/net"
+        ).split()[0]
         up = f"ip link set {self.iface} up"
         self.commands.append(up)
         shell.run(up)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vhostlm.errors import SetupError
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 """Bump when the image layout changes, so cached images are rebuilt."""
 
 MODULES: tuple[str, ...] = (
@@ -54,7 +54,7 @@ TESTPMD = Path("/usr/bin/dpdk-testpmd")
 """The host's DPDK testpmd, copied into the guest."""
 
 BUSYBOX = Path("/bin/busybox")
-"""busybox-static's binary: the guest's whole userland besides ethtool and testpmd."""
+"""busybox-static's binary: the guest's userland besides dash, ethtool and testpmd."""
 
 _BIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _APT_OPTS = ["-o", "APT::Sandbox::User=root"]
@@ -196,6 +196,9 @@ def _collect_userland(log: Callable[[str], None]) -> _Userland:
     ethtool_bin = shutil.which("ethtool", path=_BIN_PATH)
     if ethtool_bin is None:
         raise SetupError("ethtool is not installed: apt-get install ethtool")
+    dash_bin = shutil.which("dash", path=_BIN_PATH)
+    if dash_bin is None:
+        raise SetupError("dash is not installed: apt-get install dash")
     if not TESTPMD.is_file():
         raise SetupError(f"{TESTPMD} not found: apt-get install dpdk-dev")
     ethtool = Path(ethtool_bin)
@@ -206,8 +209,9 @@ def _collect_userland(log: Callable[[str], None]) -> _Userland:
         raise SetupError(f"{TESTPMD} is not linked against librte_eal (static DPDK build?)")
     pmds = _plugin_dir(eal)
 
-    files: list[Path] = [BUSYBOX, ethtool, TESTPMD]
-    libs: list[Path] = [*ldd(BUSYBOX), *ldd(ethtool), *testpmd_libs]
+    dash = Path(dash_bin)
+    files: list[Path] = [BUSYBOX, dash, ethtool, TESTPMD]
+    libs: list[Path] = [*ldd(BUSYBOX), *ldd(dash), *ldd(ethtool), *testpmd_libs]
     plugins: list[str] = []
     for name in REQUIRED_PLUGINS + OPTIONAL_PLUGINS:
         found = _plugin_files(pmds, name)

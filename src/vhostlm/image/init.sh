@@ -40,20 +40,18 @@ hostname vhostlm-guest
 
 echo "VHOSTLM-GUEST-READY $kver"
 
-# The shell's terminal: no echo, so busybox ash reads plain lines (no line editing, no
-# "ESC[6n" cursor queries, no redraws) and a harness sees only output and prompts; wide
-# lines so ps and friends do not cut their output at 80 columns. Boot with vhostlm.echo
-# on the kernel command line for a human-friendly echoing, line-editing shell.
-tty_mode="-echo"
-case " $(cat /proc/cmdline) " in
-*" vhostlm.echo "*) tty_mode="echo" ;;
-esac
+# The interactive shell is dash, not busybox ash: ash's line editor sends "ESC[6n" cursor
+# queries and echoes typed-ahead input a second time, and with echo off ash exits when a
+# background job ends while it waits for input. dash reads plain lines, so the kernel's
+# tty echo shows each command exactly once. Wide lines: ps and friends do not cut at 80.
+shell=sh
+command -v dash >/dev/null 2>&1 && shell=dash
 
 # setsid + cttyhack give the shell /dev/ttyS0 (the console) as its controlling tty, so
 # job control and Ctrl-C work. PID 1 must never exit: restart the shell when it ends.
 while :; do
-    stty -F /dev/ttyS0 sane $tty_mode cols 1024 rows 50 2>/dev/null
-    setsid cttyhack sh
+    stty -F /dev/ttyS0 sane cols 1024 rows 50 2>/dev/null
+    setsid cttyhack "$shell" -i
     echo "vhostlm: shell exited, restarting it"
     sleep 1
 done

@@ -10,6 +10,10 @@ from vhostlm.report.progress import Progress
 from vhostlm.rundir import RunDir
 from vhostlm.testbed.lab import Lab
 
+# SSE4.2 for Debian's DPDK but no AVX: with `-cpu max` under TCG the guest's testpmd
+# segfaulted right after a migration (vector state), with Nehalem it kept running.
+TCG_CPU = "Nehalem"
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -24,6 +28,8 @@ class RunOptions:
     after_packets: int = 5
     after_timeout_s: float = 30.0
     backup_backend: bool = True
+    switch_learning: bool = False
+    cpu: str = ""  # "" = host under KVM, TCG_CPU under TCG
 
 
 @dataclass
@@ -36,3 +42,8 @@ class LabEnv:
     accel: str
     options: RunOptions
     progress: Progress
+
+    @property
+    def cpu(self) -> str:
+        """The guest CPU model: the option, else `host` under KVM and TCG_CPU under TCG."""
+        return self.options.cpu or ("host" if self.accel == "kvm" else TCG_CPU)

@@ -104,7 +104,7 @@ class MigrationCase:
             qmp_socket=rd.socket_path(f"{self.name}-{role}-qmp.sock"),
             console_socket=rd.socket_path(f"{self.name}-{role}-console.sock"),
             accel=env.accel,
-            cpu="host" if env.accel == "kvm" else "max",
+            cpu=env.cpu,
             mem_mb=env.options.guest_mem_mb,
             smp=env.options.guest_smp,
             mem_path=env.lab.hugedir,

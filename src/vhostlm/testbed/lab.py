@@ -94,8 +94,13 @@ class Lab:
         for ns, ifname in ((a_ns, a_if), (b_ns, b_if)):
             run(["ip", "-n", ns, "link", "set", ifname, "up"])
 
-    def up(self, pages: int) -> Lab:
-        """Create the topology and reserve `pages` hugepages; undo it all on failure."""
+    def up(self, pages: int, learning: bool = False) -> Lab:
+        """Create the topology and reserve `pages` hugepages; undo it all on failure.
+
+        With `learning` off (the default) the switch floods the guest's frames to both
+        host and backup ports; on, it behaves like a learning switch, so the guest is only
+        reached on the backup after something announced it there.
+        """
         try:
             self._save()
             self.state["added_pages"] = hugepages.reserve(pages)
@@ -122,6 +127,10 @@ class Lab:
             for role in ROLES:
                 self._veth(self.ns(role), self.port(role), switch, f"p-{role}")
                 run(["ip", "-n", switch, "link", "set", f"p-{role}", "master", "br0"])
+                if role != "tester" and not learning:
+                    # The seed's switch delivers the tester's frames to host and backup alike.
+                    run(["bridge", "-n", switch, "link", "set", "dev", f"p-{role}",
+                         "learning", "off"])  # fmt: skip
                 run(["ip", "-n", self.ns(role), "link", "set", self.port(role), "promisc", "on"])
             run(["ip", "-n", self.ns("tester"), "addr", "add", f"{TESTER_NET}.3/24", "dev", "eth0"])
             self._veth(self.ns("host"), "mig0", self.ns("backup"), "mig0")
