@@ -22,6 +22,7 @@ from vhostlm.report.progress import Progress
 from vhostlm.report.results import CaseResult, RunResult, now_iso, write_results
 from vhostlm.rundir import RunDir
 from vhostlm.testbed.cleanup import teardown_runtime
+from vhostlm.testbed import hugepages
 from vhostlm.testbed.lab import Lab
 
 CACHE_DIR = Path(os.environ.get("VHOSTLM_CACHE", "/var/cache/vhostlm"))
@@ -68,6 +69,7 @@ def run_plan(
 ) -> RunResult:
     """Run `cases` on a fresh embedded lab; the lab is gone when this returns or raises."""
     preflight()
+    hugepages.check_available(hugepages_needed(options))
     started = time.monotonic()
     out = (output or default_output()).resolve()
     rundir = RunDir(out, secrets.token_hex(3))

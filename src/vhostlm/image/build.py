@@ -11,9 +11,11 @@ import re
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from vhostlm.errors import SetupError
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 """Bump when the image layout changes, so cached images are rebuilt."""
 
 MODULES: tuple[str, ...] = (
@@ -63,7 +65,12 @@ _STALE_BUILD_SECONDS = 3600.0
 
 @dataclass(frozen=True)
 class GuestImage:
-    """A bootable guest: kernel, initramfs and what went into them."""
+    """A bootable guest: kernel, initramfs and what went into them.
+
+    kernel is what to pass to QEMU's -kernel: the uncompressed ELF vmlinux (PVH entry,
+    ~3 s faster to boot under TCG than decompressing the XZ bzImage), or the bzImage
+    (vmlinuz, always kept next to it) when the kernel has no PVH entry point.
+    """
 
     kernel: Path
     initrd: Path
@@ -448,6 +455,62 @@ def _module_bytes(path: Path) -> bytes:
     raise SetupError(f"unknown kernel module compression: {path.name}")
 
 
+def _bzimage_payload(bzimage: bytes) -> bytes:
+    """The compressed vmlinux inside a bzImage, located through its boot-protocol header."""
+    if len(bzimage) < 0x250 or bzimage[0x202:0x206] != b"HdrS":
+        raise ValueError("not a bzImage")
+    setup_sects = bzimage[0x1F1] or 4
+    offset, length = struct.unpack_from("<II", bzimage, 0x248)
+    start = (setup_sects + 1) * 512 + offset
+    return bzimage[start : start + length]
+
+
+def _decompress_payload(payload: bytes) -> bytes:
+    """Decompress a bzImage payload (xz, gzip or zstd; ValueError for other formats)."""
+    if payload.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+    if payload.startswith(b"\x1f\x8b"):
+        return zlib.decompressobj(wbits=31).decompress(payload)
+    if payload.startswith(b"\x28\xb5\x2f\xfd") and shutil.which("zstd"):
+        proc = subprocess.run(["zstd", "-dcq"], input=payload, capture_output=True, check=False)
+        if proc.returncode == 0:
+            return proc.stdout
+    raise ValueError(f"unsupported kernel compression (magic {payload[:4].hex()})")
+
+
+def _has_pvh_entry(elf: bytes) -> bool:
+    """Whether an x86-64 ELF kernel has a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        return False
+    phoff = struct.unpack_from("<Q", elf, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        p_type, _, p_offset = struct.unpack_from("<IIQ", elf, phoff + i * phentsize)
+        p_filesz = struct.unpack_from("<Q", elf, phoff + i * phentsize + 0x20)[0]
+        if p_type != 4:  # PT_NOTE
+            continue
+        pos, end = p_offset, p_offset + p_filesz
+        while pos + 12 <= end:
+            namesz, descsz, n_type = struct.unpack_from("<III", elf, pos)
+            name = elf[pos + 12 : pos + 12 + namesz].rstrip(b"\0")
+            if name == b"Xen" and n_type == 18:
+                return True
+            pos += 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
+    return False
+
+
+def _pvh_kernel(bzimage: Path, out: Path) -> bool:
+    """Write the bzImage's uncompressed vmlinux to out if it can boot via PVH; else False."""
+    try:
+        elf = _decompress_payload(_bzimage_payload(bzimage.read_bytes()))
+    except (ValueError, lzma.LZMAError, zlib.error, struct.error):
+        return False
+    if not _has_pvh_entry(elf):
+        return False
+    out.write_bytes(elf)
+    return True
+
+
 # ---------------------------------------------------------------------------------------
 # staging the root file system and packing it
 
@@ -582,9 +645,9 @@ def _load_cached(final: Path, digest: str) -> GuestImage | None:
         meta = json.loads((final / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    kernel, initrd = final / "vmlinuz", final / "initrd.gz"
     if not isinstance(meta, dict) or meta.get("digest") != digest:
         return None
+    kernel, initrd = final / str(meta.get("kernel", "vmlinuz")), final / "initrd.gz"
     if not (kernel.is_file() and initrd.is_file()):
         return None
     return GuestImage(
@@ -647,11 +710,16 @@ def build_image(
         log("image: packing initramfs (cpio newc + gzip)")
         _write_initramfs(root, out / "initrd.gz")
         shutil.copyfile(kernel.vmlinuz, out / "vmlinuz")
+        log("image: extracting vmlinux for PVH boot")
+        pvh = _pvh_kernel(kernel.vmlinuz, out / "vmlinux")
+        if not pvh:
+            log("image: kernel has no PVH entry point, QEMU will boot the bzImage")
         dpdk_version = _dpdk_version()
         meta = {
             "builder_version": BUILDER_VERSION,
             "digest": digest,
             "kernel_version": kernel.version,
+            "kernel": "vmlinux" if pvh else "vmlinuz",
             "kernel_package": f"{kernel_name}={deb_version}",
             "dpdk_version": dpdk_version,
             "modules": loaded,

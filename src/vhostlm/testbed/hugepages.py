@@ -29,20 +29,26 @@ def total_pages() -> int:
     return int(NR_PATH.read_text())
 
 
+def check_available(pages: int) -> None:
+    """UsageError, before anything starts, when `pages` cannot possibly be had."""
+    free = free_pages()
+    can = free + mem_available_mb() // PAGE_MB
+    if pages > can:
+        raise UsageError(
+            f"too few hugepages: the run needs {pages} free 2 MiB pages ({pages * PAGE_MB} MiB) "
+            f"and at most {can} can be had; lower --guest-mem or free memory"
+        )
+
+
 def reserve(pages: int) -> int:
     """Grow the pool so `pages` are free; return how many pages were added (to give back).
 
     Raises UsageError when the kernel cannot provide them (memory too fragmented or short).
     """
+    check_available(pages)
     missing = pages - free_pages()
     if missing <= 0:
         return 0
-    available = mem_available_mb() // PAGE_MB
-    if missing > available:
-        raise UsageError(
-            f"too few hugepages: the run needs {pages} free 2 MiB pages ({pages * PAGE_MB} MiB) "
-            f"and only {available + free_pages()} can be had; lower --guest-mem or free memory"
-        )
     before = total_pages()
     NR_PATH.write_text(str(before + missing))
     added = total_pages() - before

@@ -1,0 +1,61 @@
+"""The QEMU command line mirrors the seed's, with unix sockets and the lab's fixes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vhostlm.apps.qemu import VmSpec, qemu_argv
+
+
+def spec(**kw: object) -> VmSpec:
+    base: dict[str, object] = dict(
+        name="vm1host",
+        kernel=Path("/img/vmlinuz"),
+        initrd=Path("/img/initrd.gz"),
+        vhost_socket=Path("/run/v/vhost.sock"),
+        qmp_socket=Path("/run/v/qmp.sock"),
+        console_socket=Path("/run/v/console.sock"),
+    )
+    base.update(kw)
+    return VmSpec(**base)  # type: ignore[arg-type]
+
+
+def opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_source_has_seed_devices_and_no_tcp_listener() -> None:
+    argv = qemu_argv(spec(mem_path=Path("/huge")))
+    assert opt(argv, "-object") == ["memory-backend-file,id=mem,size=1024M,mem-path=/huge,share=on"]
+    assert opt(argv, "-numa") == ["node,memdev=mem"]
+    assert "socket,id=char0,path=/run/v/vhost.sock" in opt(argv, "-chardev")
+    netdev = opt(argv, "-netdev")[0]
+    assert netdev.startswith("type=vhost-user,id=netdev0,chardev=char0,vhostforce=on")
+    device = opt(argv, "-device")[0]
+    assert "mac=52:54:00:00:00:01" in device and "vectors=0" in device
+    assert "mq=on" not in device and "packed=on" not in device
+    assert opt(argv, "-qmp") == ["unix:/run/v/qmp.sock,server=on,wait=off"]
+    assert "-incoming" not in argv
+    assert not any("telnet" in a or "tcp:" in a for a in argv)
+
+
+def test_destination_listens_for_incoming_and_shapes_pass_through() -> None:
+    argv = qemu_argv(
+        spec(
+            incoming="tcp:198.18.0.2:4444",
+            queues=4,
+            packed=True,
+            accel="kvm",
+            cpu="host",
+            mem_mb=2048,
+            smp=4,
+        )
+    )
+    assert opt(argv, "-incoming") == ["tcp:198.18.0.2:4444"]
+    assert opt(argv, "-machine") == ["pc,accel=kvm"]
+    assert opt(argv, "-cpu") == ["host"]
+    assert opt(argv, "-smp") == ["4"]
+    assert opt(argv, "-object") == ["memory-backend-memfd,id=mem,size=2048M,share=on"]
+    assert "queues=4" in opt(argv, "-netdev")[0]
+    device = opt(argv, "-device")[0]
+    assert "mq=on" in device and "packed=on" in device

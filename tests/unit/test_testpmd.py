@@ -1,0 +1,67 @@
+"""testpmd output parsers and command-line builder."""
+
+from __future__ import annotations
+
+import pytest
+
+from vhostlm.apps.testpmd import count_verbose_rx, parse_port_stats
+from vhostlm.apps.testpmd import testpmd_argv as build_argv
+
+STATS = """
+  ######################## NIC statistics for port 1  ########################
+  RX-packets: 102        RX-missed: 3          RX-bytes:  6324
+  RX-errors: 1
+  RX-nombuf:  0
+  TX-packets: 7          TX-errors: 2          TX-bytes:  434
+
+  Throughput (since last show)
+  Rx-pps:            0          Rx-bps:            0
+  Tx-pps:            0          Tx-bps:            0
+  ############################################################################
+"""
+
+
+def test_parse_port_stats_reads_every_counter() -> None:
+    stats = parse_port_stats(STATS)
+    assert stats.port == 1
+    assert (stats.rx_packets, stats.rx_missed, stats.rx_bytes, stats.rx_errors) == (102, 3, 6324, 1)
+    assert (stats.tx_packets, stats.tx_errors, stats.tx_bytes) == (7, 2, 434)
+
+
+def test_parse_port_stats_rejects_other_output() -> None:
+    with pytest.raises(ValueError, match="no port statistics"):
+        parse_port_stats("Invalid port 5\n")
+
+
+def test_count_verbose_rx_sums_lines_of_one_port() -> None:
+    text = (
+        "port 0/queue 0: received 1 packets\n  src=..\n"
+        "port 0/queue 0: received 3 packets\n"
+        "port 1/queue 0: received 9 packets\n"
+        "port 0/queue 1: received 2 packets\n"
+    )
+    assert count_verbose_rx(text, 0) == 6
+    assert count_verbose_rx(text, 1) == 9
+    assert count_verbose_rx("", 0) == 0
+
+
+def test_testpmd_argv_puts_eal_before_app_arguments() -> None:
+    argv = build_argv(
+        "dpdk-testpmd",
+        "0-1",
+        ["net_vhost0,iface=/run/x.sock,queues=1", "net_af_packet0,iface=eth0"],
+        file_prefix="pfx",
+        huge_dir="/huge",
+        mem_mb=128,
+        app_args=["--total-num-mbufs=16384"],
+    )
+    sep = argv.index("--")
+    eal, app = argv[:sep], argv[sep + 1 :]
+    assert eal[:3] == ["dpdk-testpmd", "-l", "0-1"]
+    assert "--no-pci" in eal
+    assert eal[eal.index("--file-prefix") + 1] == "pfx"
+    assert eal[eal.index("--huge-dir") + 1] == "/huge"
+    assert eal[eal.index("-m") + 1] == "128"
+    vdevs = [eal[i + 1] for i, a in enumerate(eal) if a == "--vdev"]
+    assert vdevs == ["net_vhost0,iface=/run/x.sock,queues=1", "net_af_packet0,iface=eth0"]
+    assert app == ["-i", "--total-num-mbufs=16384"]
