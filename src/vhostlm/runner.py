@@ -19,10 +19,10 @@ from vhostlm.plans.env import LabEnv, RunOptions
 from vhostlm.plans.migration import TESTPMD_MB, MigrationCase
 from vhostlm.preflight import preflight
 from vhostlm.report.progress import Progress
-from vhostlm.report.results import CaseResult, RunResult, now_iso, write_results
+from vhostlm.report.results import RunResult, now_iso, write_results
 from vhostlm.rundir import RunDir
-from vhostlm.testbed.cleanup import teardown_runtime
 from vhostlm.testbed import hugepages
+from vhostlm.testbed.cleanup import teardown_runtime
 from vhostlm.testbed.lab import Lab
 
 CACHE_DIR = Path(os.environ.get("VHOSTLM_CACHE", "/var/cache/vhostlm"))
@@ -87,7 +87,7 @@ def run_plan(
         progress.phase("setup", "image")
         t = time.monotonic()
         img = image(progress)
-        phases = {"image_s": time.monotonic() - t}
+        result.phases["image_s"] = round(time.monotonic() - t, 3)
         result.versions = {
             "vhostlm": __version__,
             "python": platform.python_version(),
@@ -98,18 +98,20 @@ def run_plan(
         progress.phase("setup", "lab")
         t = time.monotonic()
         lab = Lab(rundir).up(hugepages_needed(options), learning=options.switch_learning)
-        phases["lab_s"] = time.monotonic() - t
+        result.phases["lab_s"] = round(time.monotonic() - t, 3)
         progress.phase("setup", "accel probe")
+        t = time.monotonic()
         result.accel = probe_accel(img, rundir, CACHE_DIR / "accel.json")
+        result.phases["accel_probe_s"] = round(time.monotonic() - t, 3)
         env = LabEnv(rundir, lab, img, result.accel, options, progress)
         result.host["guest_cpu"] = env.cpu
         for case_type in cases:
-            case_result: CaseResult = case_type().run(env)
-            case_result.phases.update({k: round(v, 3) for k, v in phases.items()})
-            result.cases.append(case_result)
+            result.cases.append(case_type().run(env))
     finally:
         progress.phase("teardown", "cleanup")
+        t = time.monotonic()
         problems = teardown_runtime(rundir.runtime)
+        result.phases["teardown_s"] = round(time.monotonic() - t, 3)
         for problem in problems:
             progress.note(f"teardown: {problem}")
         signal.signal(signal.SIGTERM, previous)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from vhostlm.apps.process import Process
 from vhostlm.rundir import RunDir
@@ -93,11 +95,30 @@ class TestPmd:
         self.name = name
         self.process = Process(name, argv, rundir, netns=netns)
 
-    def start(self, timeout: float = 60.0) -> TestPmd:
-        """Start testpmd and wait for its first prompt."""
+    def start(self, timeout: float = 60.0, idle_polling: bool = False) -> TestPmd:
+        """Start testpmd and wait for its first prompt.
+
+        With `idle_polling` its busy-polling worker lcores run at SCHED_IDLE: on a small
+        machine they then use only CPU time that QEMU leaves, instead of halving the guest.
+        """
         self.process.start()
         self.process.expect(re.escape(PROMPT), timeout)
+        if idle_polling:
+            self.worker_threads_idle()
         return self
+
+    def worker_threads_idle(self) -> int:
+        """Put the forwarding lcore threads at SCHED_IDLE; return how many were changed."""
+        changed = 0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                comm = (task / "comm").read_text().strip()
+                if comm.startswith("lcore-worker"):
+                    os.sched_setscheduler(int(task.name), os.SCHED_IDLE, os.sched_param(0))
+                    changed += 1
+            except OSError:
+                continue
+        return changed
 
     def cmd(self, command: str, timeout: float = 15.0) -> str:
         """Run one testpmd command and return what it printed before the next prompt."""

@@ -420,7 +420,10 @@ def _extract_kernel(deb: Path, dest: Path) -> _Kernel:
     kernels = sorted((dest / "boot").glob("vmlinuz-*"))
     # tar exits 2 when a pattern matched nothing (a module built in); only vmlinuz matters.
     if not kernels:
-        raise SetupError(f"no /boot/vmlinuz-* in {deb.name}: {_last_line(proc)}")
+        raise SetupError(
+            f"no /boot/vmlinuz-* unpacked from {deb}: {_last_line(proc)} "
+            "(delete the .deb to download it again)"
+        )
     vmlinuz = kernels[-1]
     version = vmlinuz.name[len("vmlinuz-") :]
     modules: dict[str, Path] = {}

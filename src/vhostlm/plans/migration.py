@@ -71,9 +71,19 @@ class MigrationCase:
         result = CaseResult(name=self.name)
         runner = StepRunner(result, env.progress, self.planned_steps())
         start = time.monotonic()
+        stopping = [0.0]
+
+        def stopped() -> None:
+            result.phases["stop_s"] = round(time.monotonic() - stopping[0], 3)
+
         try:
             with ExitStack() as stack:
-                self._body(env, runner, stack, result)
+                stack.callback(stopped)  # registered first, so it runs after every stop
+                try:
+                    self._body(env, runner, stack, result)
+                finally:
+                    env.progress.phase(self.name, "stopping")
+                    stopping[0] = time.monotonic()
         except CaseAborted:
             runner.skip_rest("not run: an earlier step did not pass")
         finally:
@@ -120,7 +130,7 @@ class MigrationCase:
                 env, "host", str(env.rundir.socket_path(f"{self.name}-host-vhost.sock"))
             )
             stack.callback(host_pmd.stop)
-            host_pmd.start()
+            host_pmd.start(idle_polling=True)
             host_pmd.cmd("start")
 
         with runner.step("host_vm", "prerequisite 3") as step:
@@ -138,7 +148,7 @@ class MigrationCase:
             if opts.backup_backend:
                 backup_pmd = self._testpmd(env, "backup", str(bsock))
                 stack.callback(backup_pmd.stop)
-                backup_pmd.start()
+                backup_pmd.start(idle_polling=True)
                 backup_pmd.cmd("start")
             else:
                 step.verdict = "skip"

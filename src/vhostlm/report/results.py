@@ -141,6 +141,7 @@ class RunResult:
     command: list[str] = field(default_factory=list)
     output_dir: str = ""
     run_id: str = ""
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -244,6 +245,7 @@ _RUN_OPTIONAL = {
     "command": _STR_LIST,
     "output_dir": _STR,
     "run_id": _STR,
+    "phases": _NUM_MAP,
 }
 _CASE_REQUIRED = {
     "name": _STR,
@@ -362,6 +364,7 @@ def _run_from_dict(d: dict[str, Any]) -> RunResult:
         command=list(d.get("command", [])),
         output_dir=d.get("output_dir", ""),
         run_id=d.get("run_id", ""),
+        phases=dict(d.get("phases", {})),
     )
 
 
