@@ -25,7 +25,7 @@ class RunOptions:
     guest_smp: int = 2
     boot_timeout_s: float = 90.0
     migration_timeout_s: float = 120.0
-    after_packets: int = 5
+    after_packets: int = 10
     after_timeout_s: float = 30.0
     backup_backend: bool = True
     switch_learning: bool = False
