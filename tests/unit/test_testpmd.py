@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
-from vhostlm.apps.testpmd import count_verbose_rx, parse_port_stats
+from vhostlm.apps.testpmd import check_socket_free, count_verbose_rx, parse_port_stats
 from vhostlm.apps.testpmd import testpmd_argv as build_argv
+from vhostlm.errors import UsageError
 
 STATS = """
   ######################## NIC statistics for port 1  ########################
@@ -65,3 +69,19 @@ def test_testpmd_argv_puts_eal_before_app_arguments() -> None:
     vdevs = [eal[i + 1] for i, a in enumerate(eal) if a == "--vdev"]
     assert vdevs == ["net_vhost0,iface=/run/x.sock,queues=1", "net_af_packet0,iface=eth0"]
     assert app == ["-i", "--total-num-mbufs=16384"]
+
+
+def test_socket_in_use_is_refused_and_stale_socket_removed(tmp_path: Path) -> None:
+    path = tmp_path / "vhost.sock"
+    check_socket_free(path)  # absent: fine
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    try:
+        with pytest.raises(UsageError, match="is in use by another program"):
+            check_socket_free(path)
+    finally:
+        server.close()
+    assert path.exists()  # closed but the file stays: stale
+    check_socket_free(path)
+    assert not path.exists()

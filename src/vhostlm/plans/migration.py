@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from vhostlm.apps.console import GuestShell
@@ -18,7 +19,7 @@ from vhostlm.apps.guest import Receiver
 from vhostlm.apps.process import Process
 from vhostlm.apps.qemu import QemuVm, VmSpec
 from vhostlm.apps.stream import ExpectTimeout
-from vhostlm.apps.testpmd import TestPmd, testpmd_argv
+from vhostlm.apps.testpmd import TestPmd, check_socket_free, testpmd_argv
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.steps import CaseAborted, StepRunner
@@ -93,6 +94,7 @@ class MigrationCase:
 
     def _testpmd(self, env: LabEnv, role: str, sock: str) -> TestPmd:
         lab = env.lab
+        check_socket_free(Path(sock))
         argv = testpmd_argv(
             TESTPMD_BINARY,
             "0-1",
