@@ -39,7 +39,7 @@ def bare_boot(rundir: RunDir, n: int) -> list[float]:
         argv = [
             QEMU_BINARY, "-machine", "pc,accel=tcg", "-cpu", TCG_CPU, "-m", "1024M", "-smp", "2",
             "-kernel", str(img.kernel), "-initrd", str(img.initrd),
-            "-append", "console=ttyS0 hugepages=256 panic=-1 quiet", "-nodefaults",
+            "-append", "console=ttyS0 hugepages=256 init_on_alloc=0 panic=-1 quiet", "-nodefaults",
             "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
         ]  # fmt: skip
         proc = Process(f"boot-{i}", argv, rundir)

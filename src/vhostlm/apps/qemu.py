@@ -41,7 +41,7 @@ class VmSpec:
     queues: int = 1
     packed: bool = False
     incoming: str | None = None
-    append: str = "console=ttyS0 hugepages=256 panic=-1 quiet"
+    append: str = "console=ttyS0 hugepages=256 init_on_alloc=0 panic=-1 quiet"
     binary: str = QEMU_BINARY
 
 
