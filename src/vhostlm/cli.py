@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vhostlm.errors import SetupError, UsageError
-from vhostlm.plans.env import RunOptions
+from vhostlm.plans.env import PROBE_PPS, SEED_PPS, RunOptions
 from vhostlm.plans.migration import MigrationCase
 from vhostlm.plans.seed import PLANS, all_cases
 from vhostlm.report.progress import Progress
@@ -43,6 +43,17 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], float | int]:
     return convert
 
 
+def count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 def mac(text: str) -> str:
     """argparse type: a MAC address."""
     if not MAC_RE.match(text):
@@ -66,8 +77,26 @@ def build_parser() -> Parser:
     )
     run.add_argument("--output", type=Path, help="run directory (default ./results/<time>/)")
     run.add_argument(
-        "--pps", type=positive(float), default=RunOptions.pps, help="tester packets per second"
+        "--pps",
+        type=positive(float),
+        default=None,
+        help=f"tester rate (default {PROBE_PPS:g} probes/s; {SEED_PPS:g}/s with --seed-traffic)",
     )
+    run.add_argument(
+        "--seed-traffic",
+        action="store_true",
+        help="the seed's exact form: UDP frames, guest testpmd rxonly with verbose 1; no probes",
+    )
+    run.add_argument(
+        "--max-outage-ms",
+        type=positive(float),
+        metavar="MS",
+        help="fail a case whose measured outage is longer",
+    )
+    run.add_argument(
+        "--max-loss", type=count, metavar="N", help="fail a case that loses more probes"
+    )
+    run.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
     run.add_argument(
         "--dst-mac",
         type=mac,
@@ -131,7 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vhostlm.runner import run_plan
 
     cases = select_cases(args.plan, args.case)
+    if args.seed_traffic and (args.max_outage_ms is not None or args.max_loss is not None):
+        raise UsageError("--max-outage-ms and --max-loss need probes: drop --seed-traffic")
     options = RunOptions(
+        probes=not args.seed_traffic,
+        max_outage_ms=args.max_outage_ms,
+        max_loss=args.max_loss,
         pps=args.pps,
         dst_mac=args.dst_mac,
         guest_mem_mb=args.guest_mem,

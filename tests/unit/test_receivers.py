@@ -1,20 +1,40 @@
-"""Counting guest receptions from console text, for both seed receivers."""
+"""Reading the guest's receive counters from console text."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from vhostlm.apps.console import Console, GuestShell
 from vhostlm.apps.guest import KernelReceiver, TestPmdReceiver
+from vhostlm.errors import SetupError
 
 
-def test_testpmd_receiver_sums_source_and_destination() -> None:
-    src = "port 0/queue 0: received 2 packets\nport 0/queue 0: received 1 packets\n"
-    dst = "garbage\nport 0/queue 0: received 4 packets\n"
-    assert TestPmdReceiver().total([src]) == 3
-    assert TestPmdReceiver().total([src, dst]) == 7
+def shell_with(text: str, tmp_path: Path) -> GuestShell:
+    console = Console("console-test", tmp_path / "none.sock", tmp_path / "console.log")
+    console.output.feed(text)
+    return GuestShell(console)
 
 
-def test_kernel_receiver_takes_the_last_counter() -> None:
-    src = "RX 0\nRX 5\nRX 12\n"
-    dst = "RX 12\nRX 20\nvhostlm-guest# "
-    assert KernelReceiver().total([src]) == 12
-    assert KernelReceiver().total([src, dst]) == 20
-    assert KernelReceiver().total(["no counters"]) == 0
+def test_kernel_receiver_reads_the_last_counter(tmp_path: Path) -> None:
+    shell = shell_with("RX 0\nRX 5\nRX 12\n", tmp_path)
+    rx = KernelReceiver(probes=True)
+    assert rx.count(shell, 0.1) == 12
+    assert rx.wait_count(shell, 12, 0.1) == 12
+    assert rx.wait_count(shell, 13, 0.1) is None
+
+
+def test_kernel_receiver_without_counter_lines_fails(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="no rx counter"):
+        KernelReceiver(probes=False).count(shell_with("booting\n", tmp_path), 0.1)
+
+
+def test_verbose_lines_are_counted() -> None:
+    text = "port 0/queue 0: received 2 packets\nx\nport 0/queue 0: received 1 packets\n"
+    assert TestPmdReceiver.verbose_lines(text) == 2
+
+
+def test_a_line_still_arriving_is_not_read(tmp_path: Path) -> None:
+    shell = shell_with("RX 40\nRX 4", tmp_path)  # "RX 412" is on its way
+    assert KernelReceiver(probes=True).count(shell, 0.1) == 40

@@ -1,37 +1,43 @@
-"""What runs inside the guest: the two receivers of the seed plan over the serial console.
+"""What runs inside the guest: the receivers of the plan, driven over the serial console.
 
-Each receiver prints a stream on the console while it runs (testpmd's `set verbose 1`
-lines, or a counter loop for the kernel driver), so packets received before, during and
-after the migration are read from the console text of the source and destination.
+A receiver starts the guest side of a case (testpmd on the virtio PMD, or the kernel's
+virtio-net) and reads the guest's own receive counter. Counters live in guest memory, so
+they migrate with the guest: read on the source before and during the migration, on the
+destination after it.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Protocol
 
 from vhostlm.apps.console import SHELL_PROMPT, GuestShell
-from vhostlm.apps.testpmd import PROMPT, count_verbose_rx
+from vhostlm.apps.testpmd import PROMPT, STATS_RE, VERBOSE_RX_RE
 from vhostlm.errors import SetupError
 
-RX_LINE_RE = re.compile(r"^RX (\d+)$", re.M)
+RX_LINE_RE = re.compile(r"^RX (\d+)\n", re.M)  # whole lines only: output arrives in pieces
 FIND_NIC = (
     "for d in /sys/bus/pci/devices/*; do "
     'if [ "$(cat $d/vendor) $(cat $d/device)" = "0x1af4 0x1000" ]; then basename $d; fi; done'
 )
+GUEST_IP = "198.18.1.100"
+PREFIX_LEN = 24
 
 
 class Receiver(Protocol):
-    """A guest-side receiver started on the console; counts come from console text."""
+    """The guest side of a case."""
+
+    commands: list[str]
 
     def start(self, shell: GuestShell) -> None:
-        """Start receiving; leaves the receiver running in the foreground of the console."""
+        """Start receiving (and answering probes when `probes` is set)."""
 
-    def total(self, texts: list[str]) -> int:
-        """Packets received in all, from console texts in time order (source, destination)."""
+    def count(self, shell: GuestShell, timeout: float = 10.0) -> int:
+        """The guest's receive counter now, read on the console of `shell`."""
 
-    def stop(self, shell: GuestShell) -> None:
-        """Stop receiving and return to the shell prompt."""
+    def wait_count(self, shell: GuestShell, minimum: int, timeout: float) -> int | None:
+        """Wait until the counter reaches `minimum`; its value, or None on timeout."""
 
 
 def guest_nic_pci(shell: GuestShell) -> str:
@@ -43,16 +49,27 @@ def guest_nic_pci(shell: GuestShell) -> str:
 
 
 class TestPmdReceiver:
-    """The seed's step 7: testpmd in the guest on the virtio PMD, rxonly, verbose."""
+    """testpmd in the guest on the virtio PMD (the seed's step 7).
+
+    Seed form: `set fwd rxonly`, `set verbose 1`, `start tx_first`. With probes:
+    `set fwd icmpecho`, `set verbose 0`, `start`, so the guest answers every probe.
+    """
 
     __test__ = False
 
-    def __init__(self, lcores: str = "0-1") -> None:
+    def __init__(self, probes: bool, lcores: str = "0-1") -> None:
+        self.probes = probes
         self.lcores = lcores
         self.commands: list[str] = []
 
+    def _type(self, shell: GuestShell, line: str) -> int:
+        self.commands.append(line)
+        mark = shell.console.output.mark()
+        shell.console.write(line + "\n")
+        return mark
+
     def start(self, shell: GuestShell) -> None:
-        """Bind the device to uio_pci_generic and start testpmd as in the seed."""
+        """Bind the device to uio_pci_generic and start testpmd."""
         pci = guest_nic_pci(shell)
         for cmd in (
             f"echo {pci} > /sys/bus/pci/drivers/virtio-pci/unbind",
@@ -60,47 +77,65 @@ class TestPmdReceiver:
         ):
             self.commands.append(cmd)
             shell.run(cmd)
-        argv = f"dpdk-testpmd -l {self.lcores} -n 4 --iova-mode=pa -- -i"
-        self.commands.append(argv)
-        mark = shell.console.output.mark()
-        shell.console.write(argv + "\n")
+        mark = self._type(shell, f"dpdk-testpmd -l {self.lcores} -n 4 --iova-mode=pa -- -i")
         pattern = f"{re.escape(PROMPT)}|{re.escape(SHELL_PROMPT)}"
         if shell.console.output.expect(pattern, 120, since=mark).group(0) != PROMPT:
             lines = shell.console.output.since(mark).strip().splitlines()
             why = next((ln for ln in reversed(lines) if "EAL: Error" in ln or "Cause" in ln), "")
             raise SetupError(f"guest testpmd exited: {why or lines[-2:]}")
-        for cmd in ("set fwd rxonly", "set verbose 1", "start tx_first"):
-            self.commands.append(cmd)
-            mark = shell.console.output.mark()
-            shell.console.write(cmd + "\n")
+        if self.probes:
+            script = ("set fwd icmpecho", "set verbose 0", "start")
+        else:
+            script = ("set fwd rxonly", "set verbose 1", "start tx_first")
+        for cmd in script:
+            mark = self._type(shell, cmd)
             shell.console.output.expect(re.escape(PROMPT), 30, since=mark)
 
-    def total(self, texts: list[str]) -> int:
-        """Sum of `port 0/queue 0: received N packets` lines over all texts."""
-        return sum(count_verbose_rx(text, 0) for text in texts)
+    def count(self, shell: GuestShell, timeout: float = 10.0) -> int:
+        """RX-packets of port 0 from `show port stats 0`."""
+        mark = self._type(shell, "show port stats 0")
+        match = shell.console.output.expect(STATS_RE, timeout, since=mark)
+        return int(match["rx"])
 
-    def stop(self, shell: GuestShell) -> None:
-        """Quit testpmd."""
-        shell.console.write("stop\nquit\n")
-        shell.wait_prompt(30)
+    def wait_count(self, shell: GuestShell, minimum: int, timeout: float) -> int | None:
+        """Read the counter every 0.2 s until it reaches `minimum`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.count(shell, max(1.0, deadline - time.monotonic()))
+            if value >= minimum:
+                return value
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.2)
+
+    @staticmethod
+    def verbose_lines(text: str) -> int:
+        """How many `port 0/queue 0: received N packets` lines `text` has (seed form)."""
+        return len(VERBOSE_RX_RE.findall(text))
 
 
 class KernelReceiver:
-    """The seed's virtio-net case: link up, the interface's rx counter printed in a loop."""
+    """The guest kernel's virtio-net: link up, the rx counter printed in a loop.
 
-    def __init__(self, interval_us: int = 100000) -> None:
+    With probes the interface also gets GUEST_IP, so the kernel answers ICMP echo.
+    """
+
+    def __init__(self, probes: bool, interval_us: int = 100000) -> None:
+        self.probes = probes
         self.interval_us = interval_us
         self.commands: list[str] = []
         self.iface = "eth0"
 
     def start(self, shell: GuestShell) -> None:
         """Bring the link up and print `RX <rx_packets>` continuously."""
-        self.iface = shell.run(
-            f"ls /sys/bus/pci/devices/{guest_nic_pci(shell)}/virtio*/net"
-        ).split()[0]
-        up = f"ip link set {self.iface} up"
-        self.commands.append(up)
-        shell.run(up)
+        self.iface = shell.run(f"ls /sys/bus/pci/devices/{guest_nic_pci(shell)}/virtio*/net")
+        self.iface = self.iface.split()[0]
+        setup = [f"ip link set {self.iface} up"]
+        if self.probes:
+            setup.append(f"ip addr add {GUEST_IP}/{PREFIX_LEN} dev {self.iface}")
+        for cmd in setup:
+            self.commands.append(cmd)
+            shell.run(cmd)
         loop = (
             f"while :; do echo RX $(cat /sys/class/net/{self.iface}/statistics/rx_packets); "
             f"usleep {self.interval_us}; done"
@@ -110,12 +145,23 @@ class KernelReceiver:
         shell.console.write(loop + "\n")
         shell.console.output.expect(RX_LINE_RE, 10, since=mark)
 
-    def total(self, texts: list[str]) -> int:
-        """The last counter value printed (the counter migrates with the guest)."""
-        values = [v for text in texts for v in RX_LINE_RE.findall(text)]
-        return int(values[-1]) if values else 0
+    @staticmethod
+    def _last(text: str) -> int | None:
+        values = RX_LINE_RE.findall(text)
+        return int(values[-1]) if values else None
 
-    def stop(self, shell: GuestShell) -> None:
-        """Interrupt the loop."""
-        shell.console.write("\x03")
-        shell.wait_prompt(10)
+    def count(self, shell: GuestShell, timeout: float = 10.0) -> int:
+        """The last counter value the loop printed on this console."""
+        out = shell.console.output
+        if not out.wait_for(lambda t: self._last(t) is not None, timeout):
+            raise SetupError(f"{out.name}: the guest printed no rx counter in {timeout:.0f} s")
+        value = self._last(out.text())
+        assert value is not None
+        return value
+
+    def wait_count(self, shell: GuestShell, minimum: int, timeout: float) -> int | None:
+        """Wait until the printed counter reaches `minimum`."""
+        out = shell.console.output
+        if out.wait_for(lambda t: (self._last(t) or 0) >= minimum, timeout):
+            return self._last(out.text())
+        return None

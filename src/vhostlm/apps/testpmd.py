@@ -19,7 +19,7 @@ STATS_RE = re.compile(
     r"NIC statistics for port (?P<port>\d+).*?"
     r"RX-packets:\s*(?P<rx>\d+)\s+RX-missed:\s*(?P<rx_missed>\d+)\s+RX-bytes:\s*(?P<rx_bytes>\d+)"
     r".*?RX-errors:\s*(?P<rx_errors>\d+)"
-    r".*?TX-packets:\s*(?P<tx>\d+)\s+TX-errors:\s*(?P<tx_errors>\d+)\s+TX-bytes:\s*(?P<tx_bytes>\d+)",
+    r".*?TX-packets:\s*(?P<tx>\d+)\s+TX-errors:\s*(?P<tx_errors>\d+)\s+TX-bytes:\s*(?P<tx_bytes>\d+)\s*\n",
     re.S,
 )
 VERBOSE_RX_RE = re.compile(r"port (\d+)/queue (\d+): received (\d+) packets")

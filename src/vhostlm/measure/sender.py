@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         delay = start + sent * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-    print(f"total {sent}", flush=True)
+    print(f"total sent {sent}", flush=True)
     return 0
 
 

@@ -15,11 +15,16 @@ from vhostlm.testbed.lab import Lab
 TCG_CPU = "Nehalem"
 
 
+SEED_PPS = 50.0  # the seed's stream: `set verbose 1` prints every packet on the console
+PROBE_PPS = 1000.0
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """Knobs of a run that the cases read; defaults follow the seed plan."""
 
-    pps: float = 50.0
+    probes: bool = True
+    pps: float | None = None  # None: PROBE_PPS with probes, SEED_PPS without
     dst_mac: str = GUEST_MAC
     guest_mem_mb: int = 1024
     guest_smp: int = 2
@@ -30,6 +35,13 @@ class RunOptions:
     backup_backend: bool = True
     switch_learning: bool = False
     cpu: str = ""  # "" = host under KVM, TCG_CPU under TCG
+    max_outage_ms: float | None = None
+    max_loss: int | None = None
+
+    @property
+    def rate(self) -> float:
+        """The tester's packets per second."""
+        return self.pps or (PROBE_PPS if self.probes else SEED_PPS)
 
 
 @dataclass

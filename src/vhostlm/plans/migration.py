@@ -7,8 +7,6 @@ twin with `-incoming`, tester traffic, the migration from QMP) is shared.
 
 from __future__ import annotations
 
-import re
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,13 +14,13 @@ from typing import Any
 
 from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import Receiver
-from vhostlm.apps.process import Process
 from vhostlm.apps.qemu import QemuVm, VmSpec
 from vhostlm.apps.stream import ExpectTimeout
-from vhostlm.apps.testpmd import TestPmd, check_socket_free, testpmd_argv
+from vhostlm.apps.testpmd import VERBOSE_RX_RE, TestPmd, check_socket_free, testpmd_argv
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.steps import CaseAborted, StepRunner
+from vhostlm.plans.traffic import Traffic, check_limits
 from vhostlm.report.results import CaseResult, MigrationFigures
 from vhostlm.testbed.lab import MIG_PORT
 
@@ -45,8 +43,8 @@ class MigrationCase:
     driver_step = "guest_driver"
     reconnects = False  # True: the guest driver re-initialises the device (virtio-pmd)
 
-    def receiver(self) -> Receiver:
-        """The guest-side receiver of this case."""
+    def receiver(self, probes: bool) -> Receiver:
+        """The guest-side receiver of this case (answering probes when `probes`)."""
         raise NotImplementedError
 
     @classmethod
@@ -73,6 +71,8 @@ class MigrationCase:
         runner = StepRunner(result, env.progress, self.planned_steps())
         start = time.monotonic()
         stopping = [0.0]
+        if env.options.max_outage_ms is not None or env.options.max_loss is not None:
+            runner.planned.append("within_limits")
 
         def stopped() -> None:
             result.phases["stop_s"] = round(time.monotonic() - stopping[0], 3)
@@ -126,11 +126,18 @@ class MigrationCase:
     def _body(self, env: LabEnv, runner: StepRunner, stack: ExitStack, result: CaseResult) -> None:
         opts = env.options
         lab = env.lab
+        result.options = {
+            "probes": opts.probes,
+            "pps": opts.rate,
+            "guest_mem_mb": opts.guest_mem_mb,
+            "guest_smp": opts.guest_smp,
+            "cpu": env.cpu,
+            "switch_learning": opts.switch_learning,
+        }
 
         with runner.step("host_testpmd", "prerequisite 2"):
-            host_pmd = self._testpmd(
-                env, "host", str(env.rundir.socket_path(f"{self.name}-host-vhost.sock"))
-            )
+            host_sock = str(env.rundir.socket_path(f"{self.name}-host-vhost.sock"))
+            host_pmd = self._testpmd(env, "host", host_sock)
             stack.callback(host_pmd.stop)
             host_pmd.start(idle_polling=True)
             host_pmd.cmd("start")
@@ -169,17 +176,18 @@ class MigrationCase:
                         f"{bsock} ({exc})"
                     ) from exc
                 raise
+            dst_shell = GuestShell(dst.console)
             for vm in (src, dst):
                 vm.qmp(
                     "migrate-set-capabilities",
                     capabilities=[{"capability": "events", "state": True}],
                 )
 
-        receiver = self.receiver()
+        receiver = self.receiver(opts.probes)
         mark = host_pmd.process.output.mark() if self.reconnects else 0
         with runner.step(self.driver_step, "step 7") as step:
             receiver.start(shell)
-            step.detail = " && ".join(getattr(receiver, "commands", []))[-300:]
+            step.detail = " && ".join(receiver.commands)[-300:]
 
         with runner.step("vhost_connected", "step 8") as step:
             try:
@@ -189,87 +197,85 @@ class MigrationCase:
                     f"host vhost PMD never reported the guest's virtio device ready: {exc}"
                 ) from exc
 
-        tester = Process(
-            f"{self.name}-tester",
-            [
-                sys.executable,
-                "-m",
-                "vhostlm.measure.sender",
-                "--iface",
-                lab.port("tester"),
-                "--dst",
-                opts.dst_mac,
-                "--pps",
-                str(opts.pps),
-            ],
-            env.rundir,
-            netns=lab.ns("tester"),
-        )
-        stack.callback(lambda: self._stop_tester(tester, result))
-        tester.start()
+        traffic = Traffic(self.name, env, stack)
+        traffic.start()
 
-        src_out = src.console.output
-        dst_out = dst.console.output
         with runner.step("guest_receives", "step 9") as step:
-            if not src_out.wait_for(lambda t: receiver.total([t]) >= 1, 30):
-                raise StepFailed(
-                    f"the guest received no packet in 30 s ({self._sent(tester)} sent)"
-                )
-            step.figures["received"] = receiver.total([src_out.text()])
+            got = receiver.wait_count(shell, 1, 30)
+            if got is None:
+                raise StepFailed(f"the guest received no packet in 30 s ({traffic.sent()} sent)")
+            step.figures["received"] = got
+            if opts.probes:
+                if not traffic.wait_replies(1, 30):
+                    raise StepFailed(f"the guest received {got} packets but answered no probe")
+                step.detail = f"guest rx counter {got}; probes answered"
+            else:
+                src.console.output.expect(VERBOSE_RX_RE, 10)
+                step.detail = f"port 0/queue 0: received ... (guest rx counter {got})"
 
         with runner.step("migration_active", "step 10") as step:
-            before = receiver.total([src_out.text()])
+            before = receiver.count(shell)
             result.traffic.received_before = before
-            ev = src.event_mark()
+            ev_src, ev_dst = src.event_mark(), dst.event_mark()
             uri = f"tcp:{lab.migration_ip('backup')}:{MIG_PORT}"
+            traffic.marks["migrate"] = time.time()
             t_migrate = time.monotonic()
             src.qmp("migrate", uri=uri)
-            event = self._wait_migration(src, ev, ("active", *END_STATES), 30)
+            event = self._wait_migration(src, ev_src, ("active", *END_STATES), 30)
             status = event["data"]["status"]
             if status != "active":
                 raise StepFailed(f"migration is {status}, not active: {self._error_desc(src)}")
             step.detail = f"migrate -d {uri}: active"
 
         with runner.step("receives_during_migration", "step 11") as step:
-            rose = src_out.wait_for(lambda t: receiver.total([t]) > before, 30)
-            info = src.qmp("query-migrate")
-            if not rose:
-                raise StepFailed("the guest received nothing while the migration ran")
-            step.detail = f"received while migration was {info.get('status')}"
+            try:
+                got = receiver.wait_count(shell, before + 1, 30)
+            except SetupError:
+                got = None  # the source stopped (switch-over) before it answered
+            status = str(src.qmp("query-migrate").get("status"))
+            if got is None:
+                raise StepFailed(
+                    f"the guest received nothing while the migration was active (now {status})"
+                )
+            step.detail = f"guest rx counter {before} -> {got} while migration was active"
 
         with runner.step("migration_completed", "step 12") as step:
             try:
-                event = self._wait_migration(src, ev, END_STATES, opts.migration_timeout_s)
+                event = self._wait_migration(src, ev_src, END_STATES, opts.migration_timeout_s)
             except SetupError as exc:
                 src.qmp("migrate_cancel")
                 raise StepFailed(
                     f"migration did not complete within {opts.migration_timeout_s:.0f} s "
                     f"({self._figures_line(self._final_figures(src))})"
                 ) from exc
-            completed_at = time.monotonic()
-            result.phases["migration_s"] = round(completed_at - t_migrate, 3)
+            result.phases["migration_s"] = round(time.monotonic() - t_migrate, 3)
             if event["data"]["status"] != "completed":
                 raise StepFailed(f"migration failed: {self._error_desc(src)}")
-            dst.wait_event("RESUME", 30)
+            resume = dst.wait_event("RESUME", 30, ev_dst)
             result.migration = self._final_figures(src)
+            traffic.qmp_marks(src.events[ev_src:], resume)
             step.detail = f"Migration status: completed ({self._figures_line(result.migration)})"
-            during_text = src_out.text()
-            result.traffic.received_during = receiver.total([during_text]) - before
+            at_switch = receiver.count(dst_shell, 15)
+            result.traffic.received_during = at_switch - before
 
         with runner.step("receives_after_migration", "step 13") as step:
-            at = receiver.total([during_text])
-            want = at + opts.after_packets
-            ok = dst_out.wait_for(
-                lambda t: receiver.total([during_text, t]) >= want, opts.after_timeout_s
+            got = receiver.wait_count(
+                dst_shell, at_switch + opts.after_packets, opts.after_timeout_s
             )
-            after = receiver.total([during_text, dst_out.text()]) - at
+            after = (got if got is not None else receiver.count(dst_shell)) - at_switch
             result.traffic.received_after = after
-            if not ok:
+            if got is None:
                 raise StepFailed(
                     f"after migration the guest on the backup received {after} packets in "
                     f"{opts.after_timeout_s:.0f} s (wanted {opts.after_packets})"
                 )
             step.detail = f"the guest on the backup received {after} more packets"
+
+        result.measure = traffic.finish(result.migration)
+        result.traffic.sent = traffic.sent()
+        if opts.max_outage_ms is not None or opts.max_loss is not None:
+            with runner.step("within_limits") as step:
+                step.detail = check_limits(result.measure, opts.max_outage_ms, opts.max_loss)
 
     @staticmethod
     def _wait_migration(
@@ -300,12 +306,3 @@ class MigrationCase:
             f"total {fig.total_time_ms} ms, downtime {fig.downtime_ms} ms, "
             f"{fig.ram_transferred_bytes / 2**20:.0f} MiB sent"
         )
-
-    @staticmethod
-    def _sent(tester: Process) -> int:
-        found = re.findall(r"(?:sent|total) (\d+)", tester.output.text())
-        return int(found[-1]) if found else 0
-
-    def _stop_tester(self, tester: Process, result: CaseResult) -> None:
-        tester.stop()
-        result.traffic.sent = self._sent(tester)

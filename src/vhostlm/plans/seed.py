@@ -22,9 +22,9 @@ class VirtioPmd(MigrationCase):
     driver_step = "guest_testpmd"
     reconnects = True
 
-    def receiver(self) -> Receiver:
+    def receiver(self, probes: bool) -> Receiver:
         """testpmd in the guest."""
-        return TestPmdReceiver()
+        return TestPmdReceiver(probes)
 
 
 class VirtioNet(MigrationCase):
@@ -41,9 +41,9 @@ class VirtioNet(MigrationCase):
     name = "virtio_net"
     driver_step = "guest_link_up"
 
-    def receiver(self) -> Receiver:
+    def receiver(self, probes: bool) -> Receiver:
         """The kernel driver, its rx counter printed in a loop."""
-        return KernelReceiver()
+        return KernelReceiver(probes)
 
 
 PLANS: dict[str, list[type[MigrationCase]]] = {"seed": [VirtioPmd, VirtioNet]}

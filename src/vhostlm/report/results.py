@@ -100,6 +100,8 @@ class CaseResult:
     migration: MigrationFigures = field(default_factory=MigrationFigures)
     traffic: TrafficFigures = field(default_factory=TrafficFigures)
     phases: dict[str, float] = field(default_factory=dict)
+    measure: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def finish(self) -> None:
         """Derive the verdict from the steps unless one was set explicitly (not "pass").
@@ -256,7 +258,7 @@ _CASE_REQUIRED = {
     "migration": _OBJ,
     "traffic": _OBJ,
 }
-_CASE_OPTIONAL = {"phases": _NUM_MAP}
+_CASE_OPTIONAL = {"phases": _NUM_MAP, "measure": _OBJ, "options": _OBJ}
 _STEP_REQUIRED = {"name": _STR, "verdict": _STR, "detail": _STR}
 _STEP_OPTIONAL = {"duration_s": _NUM, "figures": _FIGURE_MAP}
 _MIGRATION_REQUIRED = {
@@ -397,4 +399,6 @@ def _case_from_dict(d: dict[str, Any]) -> CaseResult:
         ),
         traffic=TrafficFigures(**{k: t[k] for k in _TRAFFIC_REQUIRED}),
         phases={k: float(v) for k, v in d.get("phases", {}).items()},
+        measure=dict(d.get("measure", {})),
+        options=dict(d.get("options", {})),
     )
