@@ -129,6 +129,10 @@ def build_parser() -> Parser:
 
     sub.add_parser("list", help="list the cases")
 
+    report = sub.add_parser("report", help="render report.html (and JUnit) from a results.json")
+    report.add_argument("results", type=Path, metavar="RESULTS.json")
+    report.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+
     lab = sub.add_parser("lab", help="the embedded lab on its own")
     lab_sub = lab.add_subparsers(dest="lab_command", parser_class=Parser)
     lab_sub.add_parser("up", help="create a lab and leave it running")
@@ -175,9 +179,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpu=args.cpu,
     )
     with Progress() as progress:
-        result = run_plan(cases, options, args.output, progress)
+        result = run_plan(cases, options, args.output, progress, junit=args.junit)
     print(render_summary(result, color=sys.stdout.isatty()))
     return result.exit_code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`vhostlm report RESULTS.json`: the HTML report beside it, again."""
+    from vhostlm.report.html import render_report_files
+    from vhostlm.report.junit import write_junit
+    from vhostlm.report.results import load_results
+
+    result = load_results(args.results)
+    path = render_report_files(result, args.results.resolve().parent)
+    print(f"report: {path}")
+    if args.junit is not None:
+        write_junit(result, args.junit)
+        print(f"junit: {args.junit}")
+    return 0
 
 
 def cmd_list() -> int:
@@ -249,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "list":
             return cmd_list()
+        if args.command == "report":
+            return cmd_report(args)
         if args.command == "lab":
             return cmd_lab(args)
         if args.command == "image":
             return cmd_image(args)
-        raise UsageError("say what to do: run, list, lab or image (see `vhostlm --help`)")
+        raise UsageError("say what to do: run, list, report, lab or image (see `vhostlm --help`)")
     except UsageError as exc:
         print(f"vhostlm: error: {exc}", file=sys.stderr)
         return 2

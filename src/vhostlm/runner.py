@@ -18,6 +18,8 @@ from vhostlm.image.build import GuestImage, build_image
 from vhostlm.plans.env import LabEnv, RunOptions
 from vhostlm.plans.migration import TESTPMD_MB, MigrationCase
 from vhostlm.preflight import preflight
+from vhostlm.report.html import render_report_files
+from vhostlm.report.junit import write_junit
 from vhostlm.report.progress import Progress
 from vhostlm.report.results import RunResult, now_iso, write_results
 from vhostlm.rundir import RunDir
@@ -66,6 +68,7 @@ def run_plan(
     options: RunOptions,
     output: Path | None,
     progress: Progress,
+    junit: Path | None = None,
 ) -> RunResult:
     """Run `cases` on a fresh embedded lab; the lab is gone when this returns or raises."""
     preflight()
@@ -117,4 +120,7 @@ def run_plan(
         signal.signal(signal.SIGTERM, previous)
         result.duration_s = round(time.monotonic() - started, 3)
         write_results(result, out / "results.json")
+        render_report_files(result, out)
+        if junit is not None:
+            write_junit(result, junit)
     return result

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
 
 from tests.e2e.conftest import HUGE_NR, leftovers, load, vhostlm
 from vhostlm.report.results import validate_results
@@ -22,9 +26,10 @@ SEED_STEPS = [
 
 
 def test_seed_plan_passes_and_leaves_nothing(tmp_path: Path, hugepages_before: int) -> None:
-    """Both seed cases pass; figures, logs and command lines are recorded; nothing is left."""
+    """Both seed cases pass with probes; figures, reports, logs and commands are recorded."""
     out = tmp_path / "run"
-    proc = vhostlm("run", "--output", str(out))
+    junit = tmp_path / "junit.xml"
+    proc = vhostlm("run", "--output", str(out), "--junit", str(junit))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "result: PASS" in proc.stdout
     data = load(out / "results.json")
@@ -43,7 +48,7 @@ def test_seed_plan_passes_and_leaves_nothing(tmp_path: Path, hugepages_before: i
         assert traffic["received_before"] > 0
         assert traffic["received_during"] > 0
         assert traffic["received_after"] >= 10
-        assert traffic["sent"] >= traffic["received_after"]
+        check_measure(case)
     for key in ("qemu", "dpdk", "guest_kernel"):
         assert data["versions"][key]
     commands = (out / "commands.sh").read_text()
@@ -61,9 +66,68 @@ def test_seed_plan_passes_and_leaves_nothing(tmp_path: Path, hugepages_before: i
             f"{case}-tester.log",
         ):
             assert name in logs, name
-    assert "port 0/queue 0: received" in (out / "logs/console-virtio_pmd-backup.log").read_text()
+    assert "set fwd icmpecho" in (out / "logs/console-virtio_pmd-host.log").read_text()
+    check_junit(junit, data)
+    check_html(out / "report.html", data)
     assert leftovers(data["run_id"]) == []
     assert int(HUGE_NR.read_text()) == hugepages_before
+
+
+def check_measure(case: dict[str, Any]) -> None:
+    """Probe figures: consistent, clean outside the migration, outage >= QEMU's downtime."""
+    m = case["measure"]
+    assert m["pps"] == 1000 and m["resolution_ms"] == 1.0
+    assert m["sent"] > 1000 and m["replies"] > 0
+    assert m["replies"] + m["lost"] == m["sent"]
+    assert m["lost_outside_window"] == 0, m
+    downtime = case["migration"]["downtime_ms"]
+    assert m["outage_ms"] >= downtime - m["resolution_ms"], (m["outage_ms"], downtime)
+    assert m["stop_to_resume_ms"] > 0
+    assert m["qemu"]["downtime_ms"] == downtime
+    events = m["events"]
+    assert events["migrate"] <= events["active"] <= events["stop"] <= events["resume"]
+    timeline = m["timeline"]
+    assert len(timeline["reply_ms"]) == m["replies"] + m["duplicates"]
+    assert set(timeline["marks_ms"]) >= {"migrate", "active", "stop", "resume", "completed"}
+
+
+def check_junit(path: Path, data: dict[str, Any]) -> None:
+    """The JUnit file parses and has one passing testcase per case."""
+    root = ElementTree.parse(path).getroot()
+    cases = root.findall(".//testcase")
+    assert sorted(c.get("name", "") for c in cases) == sorted(c["name"] for c in data["cases"])
+    for case in cases:
+        assert case.find("failure") is None and case.find("error") is None
+        out = case.findtext("system-out") or ""
+        assert "migration_completed" in out and "outage" in out
+
+
+class _Canvases(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.canvases = 0
+        self.data = ""
+        self._in_data = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.canvases += tag == "canvas"
+        self._in_data = tag == "script" and ("id", "vhostlm-data") in attrs
+
+    def handle_data(self, data: str) -> None:
+        if self._in_data:
+            self.data += data
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_data = False
+
+
+def check_html(path: Path, data: dict[str, Any]) -> None:
+    """report.html is beside results.json with a timeline canvas per case and its data."""
+    parser = _Canvases()
+    parser.feed(path.read_text())
+    assert parser.canvases == len(data["cases"])
+    embedded = json.loads(parser.data)
+    assert len(embedded["cases"]) == len(data["cases"])
 
 
 def test_no_vhost_backend_on_backup_fails(tmp_path: Path, hugepages_before: int) -> None:
@@ -80,3 +144,34 @@ def test_no_vhost_backend_on_backup_fails(tmp_path: Path, hugepages_before: int)
     assert verdicts["receives_after_migration"] == "skip"
     assert leftovers(data["run_id"]) == []
     assert int(HUGE_NR.read_text()) == hugepages_before
+
+
+def test_seed_traffic_form_and_report_command(tmp_path: Path) -> None:
+    """--seed-traffic keeps the seed's exact rxonly/verbose form; `report` renders it again."""
+    out = tmp_path / "run"
+    proc = vhostlm("run", "--case", "virtio_pmd", "--seed-traffic", "--output", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = load(out / "results.json")
+    case = data["cases"][0]
+    assert case["measure"].get("sent") is None  # no probes
+    console = (out / "logs/console-virtio_pmd-host.log").read_text()
+    assert "set fwd rxonly" in console and "start tx_first" in console
+    assert "port 0/queue 0: received" in (out / "logs/console-virtio_pmd-backup.log").read_text()
+    (out / "report.html").unlink()
+    again = vhostlm("report", str(out / "results.json"))
+    assert again.returncode == 0, again.stderr
+    assert (out / "report.html").exists()
+    assert leftovers(data["run_id"]) == []
+
+
+def test_max_outage_fails_with_the_measured_outage(tmp_path: Path) -> None:
+    """With --max-outage-ms 0.001 the case fails and its reason names the outage."""
+    out = tmp_path / "run"
+    proc = vhostlm("run", "--case", "virtio_net", "--max-outage-ms", "0.001", "--output", str(out))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    case = load(out / "results.json")["cases"][0]
+    assert case["verdict"] == "fail"
+    measured = case["measure"]["outage_ms"]
+    assert case["reason"] == (
+        f"within_limits: outage {measured:.3f} ms exceeds --max-outage-ms 0.001"
+    )

@@ -31,6 +31,7 @@ class RunOptions:
     boot_timeout_s: float = 90.0
     migration_timeout_s: float = 120.0
     after_packets: int = 10
+    warmup_s: float = 1.0  # answered probes before migrating, in seconds of traffic
     after_timeout_s: float = 30.0
     backup_backend: bool = True
     switch_learning: bool = False

@@ -206,9 +206,15 @@ class MigrationCase:
                 raise StepFailed(f"the guest received no packet in 30 s ({traffic.sent()} sent)")
             step.figures["received"] = got
             if opts.probes:
-                if not traffic.wait_replies(1, 30):
-                    raise StepFailed(f"the guest received {got} packets but answered no probe")
-                step.detail = f"guest rx counter {got}; probes answered"
+                # a steady second of answered probes before migrating: the baseline
+                want = max(1, int(opts.rate * opts.warmup_s))
+                if not traffic.wait_replies(want, 30):
+                    answered = traffic.tester.progress()[1]
+                    raise StepFailed(
+                        f"the guest received {got} packets but answered {answered} of "
+                        f"{traffic.sent()} probes in 30 s (wanted {want})"
+                    )
+                step.detail = f"guest rx counter {got}; {want} probes answered"
             else:
                 src.console.output.expect(VERBOSE_RX_RE, 10)
                 step.detail = f"port 0/queue 0: received ... (guest rx counter {got})"

@@ -1,0 +1,71 @@
+"""Probe frames, reply parsing, announce parsing and the pass criteria."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.l2 import Ether
+
+from vhostlm.errors import StepFailed
+from vhostlm.measure.announce import first_announcement, parse_announcements
+from vhostlm.measure.probe import build_template, checksum, reply_seq, stamp
+from vhostlm.plans.traffic import check_limits
+
+TEMPLATE = build_template("52:54:00:00:00:01", "02:00:00:00:00:03", "198.18.1.3", "198.18.1.100")
+
+
+def as_reply(frame: bytes) -> bytes:
+    """What the guest sends back: addresses swapped, type 0, checksum fixed."""
+    pkt = Ether(frame)
+    pkt[Ether].src, pkt[Ether].dst = pkt[Ether].dst, pkt[Ether].src
+    pkt[IP].src, pkt[IP].dst = pkt[IP].dst, pkt[IP].src
+    pkt[ICMP].type = 0
+    del pkt[ICMP].chksum
+    del pkt[IP].chksum
+    return bytes(pkt)
+
+
+@pytest.mark.parametrize("seq", [0, 1, 65535, 65536, 2**40 + 3])
+def test_stamped_request_has_a_valid_checksum_and_comes_back(seq: int) -> None:
+    frame = stamp(TEMPLATE, seq)
+    pkt = Ether(frame)
+    assert pkt[ICMP].type == 8 and pkt[ICMP].seq == seq & 0xFFFF
+    assert checksum(bytes(pkt[ICMP])) == 0  # a correct checksum sums to zero
+    assert reply_seq(frame) is None  # a request is not a reply
+    assert reply_seq(as_reply(frame)) == seq
+
+
+def test_foreign_frames_are_not_replies() -> None:
+    other = bytes(Ether() / IP(src="1.1.1.1", dst="2.2.2.2") / ICMP(type=0) / b"hello-world-xyz")
+    assert reply_seq(other) is None
+    assert reply_seq(b"\x00" * 20) is None
+
+
+TCPDUMP = """\
+listening on p-backup, link-type EN10MB (Ethernet), snapshot length 262144 bytes
+1795688040.900000 52:54:00:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 198.18.1.3 tell 198.18.1.100, length 28
+1795688040.927366 52:54:00:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 42: Request who-has 198.18.1.100 tell 198.18.1.100, length 28
+1795688041.000001 52:54:00:00:00:01 > ff:ff:ff:ff:ff:ff, ethertype Reverse ARP (0x8035), length 60: Reverse Request who-is 52:54:00:00:00:01 tell 52:54:00:00:00:01, length 46
+"""  # noqa: E501
+
+
+def test_announcements_are_classified_and_the_first_after_a_time_found() -> None:
+    found = parse_announcements(TCPDUMP)
+    assert [a.kind for a in found] == ["arp", "garp", "rarp"]
+    assert found[1].at == pytest.approx(1795688040.927366)
+    first = first_announcement(found, 1795688040.0)
+    assert first is not None and first.kind == "garp"
+    later = first_announcement(found, 1795688040.95)
+    assert later is not None and later.kind == "rarp"
+    assert first_announcement(found, 1795688042.0) is None
+
+
+def test_limits_fail_with_the_measured_figure() -> None:
+    measure = {"outage_ms": 48.25, "lost": 30}
+    assert "within limits" in check_limits(measure, 100.0, 50)
+    with pytest.raises(StepFailed, match=r"outage 48\.250 ms exceeds --max-outage-ms 0\.001"):
+        check_limits(measure, 0.001, None)
+    with pytest.raises(StepFailed, match="30 probes lost exceeds --max-loss 10"):
+        check_limits(measure, None, 10)
+    with pytest.raises(StepFailed, match="no probe figures"):
+        check_limits({}, 1.0, None)
