@@ -23,6 +23,11 @@ from vhostlm.report.results import MigrationFigures
 from vhostlm.testbed.lab import TESTER_NET
 
 
+# After RESUME the path settles (vhost queues restart, the switch relearns): losses then
+# still belong to the switch-over, not to the tester or the steady state.
+SETTLE_S = 1.0
+
+
 def event_time(event: dict[str, Any]) -> float:
     """A QMP event's timestamp as epoch seconds."""
     ts = event.get("timestamp", {})
@@ -111,10 +116,9 @@ class Traffic:
         if data.get("sent"):
             send_ts = data["send_ts"]
             replies = [(int(s), float(t)) for s, t in data["replies"]]
-            window = (
-                self.marks.get("migrate", send_ts[0]),
-                self.marks.get("completed", send_ts[-1]),
-            )
+            end = self.marks.get("resume", self.marks.get("completed", send_ts[-1]))
+            window = (self.marks.get("migrate", send_ts[0]), end + SETTLE_S)
+            measure["window"] = list(window)
             measure.update(analyse(send_ts, replies, self.pps, window).as_dict())
             t0 = float(data["t0"])
             measure["timeline"] = {

@@ -122,9 +122,8 @@ def _page_data(result: RunResult) -> dict[str, Any]:
     for case in result.cases:
         timeline = timeline_data(case)
         replies = len(timeline["reply_ms"]) if timeline else 0
-        cases.append(
-            {"name": case.name, "verdict": case.verdict, "replies": replies, "timeline": timeline}
-        )
+        entry = {"name": case.name, "verdict": case.verdict, "reason": case.reason}
+        cases.append(entry | {"replies": replies, "timeline": timeline})
     return {"started": result.started, "cases": cases}
 
 
@@ -231,11 +230,16 @@ def _figure_tables(rows: list[FigureRow]) -> str:
         if not mine:
             continue
         body = "".join(
-            f'<tr><th>{escape(r.label)}</th><td class="num">{escape(r.text)}</td></tr>'
+            f"<tr><th>{escape(r.label)}</th>"
+            f'<td class="{_value_class(r)}">{escape(r.text)}</td></tr>'
             for r in mine
         )
         out.append(f'<table class="figures"><caption>{escape(title)}</caption>{body}</table>')
     return "".join(out)
+
+
+def _value_class(row: FigureRow) -> str:
+    return "txt" if isinstance(row.value, str) else "num"
 
 
 def _badge(verdict: str, size: str = "") -> str:
@@ -364,8 +368,8 @@ figcaption .item { white-space: nowrap; }
 .s-mean { background: rgba(37,99,235,.35); }
 .s-max { height: 2px; background: #1e3a8a; }
 .s-active { background: rgba(245,158,11,.22); }
-.s-window { background: rgba(124,58,237,.30); }
-.s-outage { background: rgba(220,38,38,.40); }
+.s-window { height: 4px; background: rgba(124,58,237,.75); }
+.s-outage { background: rgba(220,38,38,.30); }
 .s-mark { width: 0; height: 12px; border-left: 2px dashed #6d28d9; }
 .noplot { margin: 14px 0 0; padding: 22px; text-align: center; color: var(--muted);
   border: 1px dashed #d1d5db; border-radius: 8px; background: #fafafa; }
@@ -376,7 +380,8 @@ td.detail { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 13px; }
   gap: 10px 22px; align-items: start; }
 .figures caption { text-align: left; font-weight: 600; padding: 4px 8px; color: #374151;
   border-bottom: 2px solid var(--line); }
-.figures th { font-weight: 400; color: #4b5563; }
+.figures th { font-weight: 400; color: #4b5563; white-space: nowrap; }
+.figures td.txt { text-align: right; overflow-wrap: anywhere; }
 footer { text-align: center; color: var(--muted); font-size: 12px; padding: 4px 0 18px; }
 """
 
@@ -390,7 +395,7 @@ _PLOT_JS = r"""
   var COL = {
     area: "rgba(37,99,235,0.35)", line: "#1e3a8a", grid: "#eef0f3", axis: "#9ca3af",
     text: "#374151", muted: "#6b7280", active: "rgba(245,158,11,0.13)",
-    window: "rgba(124,58,237,0.20)", outage: "rgba(220,38,38,0.30)", outageText: "#b91c1c"
+    window: "rgba(124,58,237,0.75)", outage: "rgba(220,38,38,0.22)", outageText: "#b91c1c"
   };
   var MARKS = [
     ["migrate", "migrate", "#6b7280"], ["setup", "setup", "#6b7280"],
@@ -456,13 +461,13 @@ _PLOT_JS = r"""
     return [Math.max(0, a - pad), Math.min(p.span, b + pad)];
   }
 
-  function shade(ctx, box, xOf, a, b, color, minW) {
+  function shade(ctx, box, xOf, a, b, color, minW, band) {
     if (num(a) === null || num(b) === null) { return; }
     var xa = xOf(a), xb = xOf(b);
     if (xb - xa < minW) { var mid = (xa + xb) / 2; xa = mid - minW / 2; xb = mid + minW / 2; }
     xa = Math.max(box.x, xa); xb = Math.min(box.x + box.w, xb);
     if (xb <= xa) { return; }
-    ctx.fillStyle = color; ctx.fillRect(xa, box.y, xb - xa, box.h);
+    ctx.fillStyle = color; ctx.fillRect(xa, box.y, xb - xa, band || box.h);
   }
 
   /* Marks closer than a few pixels share one label; labels stack in rows above the plot. */
@@ -538,7 +543,7 @@ _PLOT_JS = r"""
     var top = 0;
     for (var c = 0; c < cols; c++) { top = Math.max(top, showMax ? agg.max[c] : agg.mean[c]); }
     var want = Math.max(top, 1) * 1.15, ystep = niceStep(want, 4);
-    var ymax = ystep * Math.ceil(want / ystep), ty = box.y - LABEL_ROWS * LABEL_ROW - 12;
+    var ymax = ystep * Math.ceil(want / ystep), ty = box.y - LABEL_ROWS * LABEL_ROW - 14;
     ctx.font = BOLD; ctx.fillStyle = COL.text; ctx.textAlign = "left";
     ctx.textBaseline = "alphabetic"; ctx.fillText(title, box.x - 44, ty);
     ctx.font = FONT; ctx.fillStyle = COL.muted; ctx.textAlign = "right";
@@ -546,8 +551,8 @@ _PLOT_JS = r"""
       : "1 ms = " + (+(1 / agg.perCol).toFixed(1)) + " px";
     ctx.fillText(res, box.x + box.w, ty);
     shade(ctx, box, xOf, num(m.active) !== null ? m.active : m.setup, m.completed, COL.active, 0);
-    shade(ctx, box, xOf, m.stop, m.resume, COL.window, 2);
     if (p.tl.outage) { shade(ctx, box, xOf, p.tl.outage[0], p.tl.outage[1], COL.outage, 3); }
+    shade(ctx, box, xOf, m.stop, m.resume, COL.window, 2, 8);
     drawAxes(ctx, box, x0, x1, ymax, xTitle);
     ctx.save(); ctx.beginPath(); ctx.rect(box.x, box.y, box.w, box.h); ctx.clip();
     var yOf = function (v) { return box.y + box.h - v / ymax * box.h; };
@@ -572,14 +577,14 @@ _PLOT_JS = r"""
       var label = "outage " + (+p.tl.outage_ms.toFixed(1)) + " ms";
       ctx.font = BOLD; var w = ctx.measureText(label).width;
       var lx = Math.min(Math.max((xa + xb) / 2 + 8, box.x + 4), box.x + box.w - w - 4);
-      ctx.fillStyle = "rgba(255,255,255,0.85)"; ctx.fillRect(lx - 3, box.y + 4, w + 6, 16);
+      ctx.fillStyle = "rgba(255,255,255,0.85)"; ctx.fillRect(lx - 3, box.y + 12, w + 6, 16);
       ctx.fillStyle = COL.outageText; ctx.textAlign = "left"; ctx.textBaseline = "top";
-      ctx.fillText(label, lx, box.y + 6);
+      ctx.fillText(label, lx, box.y + 14);
     }
   }
 
   function draw(canvas, p) {
-    var zoom = zoomRange(p), head = 20 + LABEL_ROWS * LABEL_ROW, foot = 28;
+    var zoom = zoomRange(p), head = 28 + LABEL_ROWS * LABEL_ROW, foot = 28;
     var overviewH = 170, zoomH = 150, gap = 26;
     var height = head + overviewH + foot + (zoom ? gap + head + zoomH + foot + 14 : 10);
     canvas.style.height = height + "px";
@@ -610,8 +615,10 @@ _PLOT_JS = r"""
       var canvas = canvases[i], index = +canvas.getAttribute("data-case");
       var entry = DATA.cases[index];
       if (!entry || !entry.timeline) { continue; }
+      var started = performance.now();
       if (!prepared[index]) { prepared[index] = prepare(entry.timeline); }
       canvas.setAttribute("data-drawn", String(draw(canvas, prepared[index])));
+      canvas.setAttribute("data-draw-ms", (performance.now() - started).toFixed(1));
     }
   }
   drawAll();

@@ -94,11 +94,11 @@ def figure_rows(case: CaseResult) -> list[FigureRow]:
 
 
 def _migration_rows(case: CaseResult, qemu: dict[str, Any]) -> list[FigureRow]:
-    """QEMU's query-migrate figures; a zero in the case falls back to measure.qemu."""
+    """QEMU's query-migrate figures; without a status in the case, those of measure.qemu."""
     m = case.migration
 
     def pick(key: str, own: float | int) -> float | int | None:
-        return own if own else number(qemu.get(key))
+        return own if own or m.status else number(qemu.get(key))
 
     ram = pick("ram_transferred_bytes", m.ram_transferred_bytes)
     return [
@@ -200,18 +200,18 @@ def _measure_rows(measure: dict[str, Any], downtime: Any) -> list[FigureRow]:
 
 
 def _outage_window(measure: dict[str, Any]) -> str | None:
-    """Outage window like "14.401 … 14.449 s after the first probe"; UTC clock times without t0."""
+    """The outage as "14.401 – 14.449 s" after the first probe; UTC clock times without a t0."""
     start, end = number(measure.get("outage_start")), number(measure.get("outage_end"))
     if start is None or end is None:
         return None
     t0 = number(sub_object(measure, "timeline").get("t0"))
     if t0 is not None:
-        return f"{start - t0:.3f} … {end - t0:.3f} s after the first probe"
+        return f"{start - t0:.3f} – {end - t0:.3f} s"
     try:
         a, b = (datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S.%f")[:-3] for t in (start, end))
     except (OverflowError, OSError, ValueError):
         return None
-    return f"{a} … {b} UTC"
+    return f"{a} – {b} UTC"
 
 
 # --- JUnit XML ----------------------------------------------------------------------------
