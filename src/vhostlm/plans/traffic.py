@@ -22,7 +22,6 @@ from vhostlm.plans.env import LabEnv
 from vhostlm.report.results import MigrationFigures
 from vhostlm.testbed.lab import TESTER_NET
 
-
 # After RESUME the path settles (vhost queues restart, the switch relearns): losses then
 # still belong to the switch-over, not to the tester or the steady state.
 SETTLE_S = 1.0
