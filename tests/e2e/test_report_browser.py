@@ -22,6 +22,7 @@ from tests.unit.test_html import passing_case, synthetic_run
 from vhostlm.report.html import render_report_files
 from vhostlm.report.results import RunResult
 
+NEEDS_ROOT = False  # a browser and a file: no namespaces or hugepages
 CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_S = 120
 WINDOW = (1280, 2400)

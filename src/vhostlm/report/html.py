@@ -381,7 +381,7 @@ td.detail { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 13px; }
 .figures caption { text-align: left; font-weight: 600; padding: 4px 8px; color: #374151;
   border-bottom: 2px solid var(--line); }
 .figures th { font-weight: 400; color: #4b5563; white-space: nowrap; }
-.figures td.txt { text-align: right; overflow-wrap: anywhere; }
+.figures td.txt { text-align: right; white-space: nowrap; }
 footer { text-align: center; color: var(--muted); font-size: 12px; padding: 4px 0 18px; }
 """
 

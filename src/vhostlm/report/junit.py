@@ -173,7 +173,7 @@ def _measure_rows(measure: dict[str, Any], downtime: Any) -> list[FigureRow]:
             "measure",
             "outage_over_downtime",
             "outage ÷ QEMU downtime",
-            outage / downtime if outage is not None and downtime else None,
+            round(outage / downtime, 2) if outage is not None and downtime else None,
             "×",
         ),
         FigureRow(
