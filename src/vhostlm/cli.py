@@ -11,9 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vhostlm.errors import SetupError, UsageError
+from vhostlm.plans.catalog import PLANS, plan_of, select_cases
 from vhostlm.plans.env import PROBE_PPS, SEED_PPS, RunOptions
-from vhostlm.plans.migration import MigrationCase
-from vhostlm.plans.seed import PLANS, all_cases
 from vhostlm.report.progress import Progress
 from vhostlm.report.summary import render_summary
 
@@ -67,7 +66,12 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
 
     run = sub.add_parser("run", help="run a plan on the embedded lab (default: the seed plan)")
-    run.add_argument("--plan", default="seed", choices=sorted(PLANS))
+    run.add_argument(
+        "--plan",
+        default="seed",
+        choices=list(PLANS),
+        help="seed (default), dts (DPDK's 8 cases), variants, or all",
+    )
     run.add_argument(
         "--case",
         action="append",
@@ -97,6 +101,44 @@ def build_parser() -> Parser:
         "--max-loss", type=count, metavar="N", help="fail a case that loses more probes"
     )
     run.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+    run.add_argument(
+        "-k",
+        dest="keyword",
+        metavar="EXPR",
+        help="only cases whose names match (words, and, or, not), as pytest -k",
+    )
+    run.add_argument(
+        "--round-trips",
+        type=count,
+        metavar="N",
+        help="migrate there and back N times (ping-pong); each leg is measured",
+    )
+    run.add_argument(
+        "--downtime-limit",
+        type=count,
+        metavar="MS",
+        help="QEMU's downtime-limit for every migration",
+    )
+    run.add_argument(
+        "--max-bandwidth",
+        type=positive(float),
+        metavar="MBIT/S",
+        help="QEMU's max-bandwidth for every migration, in Mbit/s",
+    )
+    run.add_argument(
+        "--converge-timeout",
+        type=positive(float),
+        metavar="S",
+        default=RunOptions.converge_timeout_s,
+        help="how long a non-converging migration runs before it is cancelled",
+    )
+    run.add_argument(
+        "--guest-smp",
+        type=positive(int),
+        default=RunOptions.guest_smp,
+        metavar="N",
+        help="guest vCPUs",
+    )
     run.add_argument(
         "--dst-mac",
         type=mac,
@@ -148,22 +190,11 @@ def build_parser() -> Parser:
     return parser
 
 
-def select_cases(plan: str, names: list[str]) -> list[type[MigrationCase]]:
-    """The cases to run; UsageError naming an unknown case."""
-    known = all_cases()
-    if not names:
-        return list(PLANS[plan])
-    for name in names:
-        if name not in known:
-            raise UsageError(f"unknown case {name!r}: choose from {', '.join(known)}")
-    return [known[n] for n in names]
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """`vhostlm run`."""
     from vhostlm.runner import run_plan
 
-    cases = select_cases(args.plan, args.case)
+    cases = select_cases(args.plan, args.case, args.keyword)
     if args.seed_traffic and (args.max_outage_ms is not None or args.max_loss is not None):
         raise UsageError("--max-outage-ms and --max-loss need probes: drop --seed-traffic")
     options = RunOptions(
@@ -171,6 +202,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_outage_ms=args.max_outage_ms,
         max_loss=args.max_loss,
         pps=args.pps,
+        round_trips=args.round_trips,
+        downtime_limit_ms=args.downtime_limit,
+        max_bandwidth_mbps=args.max_bandwidth,
+        converge_timeout_s=args.converge_timeout,
+        guest_smp=args.guest_smp,
         dst_mac=args.dst_mac,
         guest_mem_mb=args.guest_mem,
         migration_timeout_s=args.migration_timeout,
@@ -200,10 +236,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list() -> int:
-    """`vhostlm list`."""
-    for plan, cases in PLANS.items():
-        for case in cases:
-            print(f"{case.name:<14} [{plan}] {case.description()}")
+    """`vhostlm list`: every case, its plan and the first line of its docstring."""
+    for case in PLANS["all"]:
+        print(f"{case.name:<30} [{plan_of(case)}] {case.description()}")
     return 0
 
 

@@ -81,7 +81,7 @@ def test_window_picks_the_gap_of_the_migration_and_counts_loss_outside() -> None
     lost = set(range(100, 200)) | set(range(600, 640)) | {900}
     send, replies = stream(1000, lost=lost)
     window = (send[550], send[700])
-    fig = analyse(send, replies, PPS, window)
+    fig = analyse(send, replies, PPS, [window])
     assert fig.outage_ms == pytest.approx(41.0, abs=0.01)  # the gap inside the window
     assert fig.lost == 141
     assert fig.lost_outside_window == 101  # 100..199 and 900
@@ -92,3 +92,11 @@ def test_window_picks_the_gap_of_the_migration_and_counts_loss_outside() -> None
 def test_largest_gap_ignores_gaps_outside_the_window() -> None:
     assert largest_gap([1.0, 2.0, 5.0, 5.5], 0.0, 6.0, window=(5.2, 5.8)) == (5.0, 5.5)
     assert largest_gap([1.0, 2.0, 5.0, 5.5], 0.0, 6.0) == (2.0, 5.0)
+
+
+def test_several_windows_take_the_worst_gap_and_count_loss_outside_all() -> None:
+    lost = set(range(100, 130)) | set(range(500, 520)) | {800}
+    send, replies = stream(1000, lost=lost)
+    fig = analyse(send, replies, PPS, [(send[90], send[140]), (send[490], send[530])])
+    assert fig.outage_ms == pytest.approx(31.0, abs=0.01)
+    assert fig.lost_outside_window == 1  # only 800

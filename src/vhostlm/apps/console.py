@@ -74,7 +74,8 @@ class GuestShell:
         """Run `command`; return its output; raise SetupError on a non-zero status if `check`."""
         tag = secrets.token_hex(4)
         mark = self.console.output.mark()
-        self.console.write(f"{command}; echo __END{tag}__ $?\n")
+        sep = " " if command.rstrip().endswith("&") else "; "  # `cmd &; echo` is a syntax error
+        self.console.write(f"{command}{sep}echo __END{tag}__ $?\n")
         match = self.console.output.expect(rf"__END{tag}__ (\d+)\n", timeout, since=mark)
         self.console.output.expect(re.escape(SHELL_PROMPT), timeout, since=match.end())
         text = self.console.output.text()[mark : match.start()]

@@ -120,8 +120,9 @@ class KernelReceiver:
     With probes the interface also gets GUEST_IP, so the kernel answers ICMP echo.
     """
 
-    def __init__(self, probes: bool, interval_us: int = 100000) -> None:
+    def __init__(self, probes: bool, queues: int = 1, interval_us: int = 100000) -> None:
         self.probes = probes
+        self.queues = queues
         self.interval_us = interval_us
         self.commands: list[str] = []
         self.iface = "eth0"
@@ -131,19 +132,37 @@ class KernelReceiver:
         self.iface = shell.run(f"ls /sys/bus/pci/devices/{guest_nic_pci(shell)}/virtio*/net")
         self.iface = self.iface.split()[0]
         setup = [f"ip link set {self.iface} up"]
+        if self.queues > 1:
+            # the kernel enables one queue pair per vCPU; the tester's flow may hash to
+            # another one, where nothing would be received
+            setup.append(self.set_queues_command(self.queues))
         if self.probes:
             setup.append(f"ip addr add {GUEST_IP}/{PREFIX_LEN} dev {self.iface}")
         for cmd in setup:
             self.commands.append(cmd)
             shell.run(cmd)
+        # in the background, so the shell stays free for commands during the migration
         loop = (
-            f"while :; do echo RX $(cat /sys/class/net/{self.iface}/statistics/rx_packets); "
-            f"usleep {self.interval_us}; done"
+            f"(while :; do echo RX $(cat /sys/class/net/{self.iface}/statistics/rx_packets); "
+            f"usleep {self.interval_us}; done) &"
         )
         self.commands.append(loop)
         mark = shell.console.output.mark()
-        shell.console.write(loop + "\n")
+        shell.run(loop)
         shell.console.output.expect(RX_LINE_RE, 10, since=mark)
+
+    def set_queues_command(self, queues: int) -> str:
+        """The ethtool command that sets the interface's queue pairs."""
+        return f"ethtool -L {self.iface} combined {queues}"
+
+    def set_queues(self, shell: GuestShell, queues: int) -> str:
+        """Set the queue pairs; SetupError naming what ethtool printed, if anything."""
+        cmd = self.set_queues_command(queues)
+        out = shell.run(cmd)
+        printed = RX_LINE_RE.sub("", out + "\n").strip()  # the counter loop prints too
+        if printed:
+            raise SetupError(f"{cmd} printed: {printed[:200]}")
+        return cmd
 
     @staticmethod
     def _last(text: str) -> int | None:

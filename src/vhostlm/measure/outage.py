@@ -74,9 +74,13 @@ def analyse(
     send_ts: Sequence[float],
     replies: Sequence[tuple[int, float]],
     pps: float,
-    window: tuple[float, float] | None = None,
+    windows: Sequence[tuple[float, float]] = (),
 ) -> StreamFigures:
-    """Figures of a stream: probes sent at `send_ts`, replies as (seq, arrival) in order."""
+    """Figures of a stream: probes sent at `send_ts`, replies as (seq, arrival) in order.
+
+    With `windows` (one per migration), the outage is the largest gap overlapping any of
+    them and `lost_outside_window` counts probes lost outside all of them.
+    """
     resolution_ms = 1000.0 / pps if pps > 0 else 0.0
     sent = len(send_ts)
     valid = [(s, t) for s, t in replies if 0 <= s < sent]
@@ -85,15 +89,17 @@ def analyse(
     lost = sent - len(answered)
     if sent == 0:
         return StreamFigures(0, 0, 0, duplicates, reordered, 0.0, 0.0, 0.0, resolution_ms, 0)
-    gap = largest_gap([t for _, t in valid], send_ts[0], send_ts[-1], window)
-    outside = 0
-    if window is not None:
-        lo, hi = window
-        outside = sum(
-            1
-            for seq, ts in enumerate(send_ts)
-            if seq not in answered and not (lo <= ts <= hi) and not (gap[0] <= ts <= gap[1])
-        )
+    times = [t for _, t in valid]
+    gaps = [largest_gap(times, send_ts[0], send_ts[-1], w) for w in windows] or [
+        largest_gap(times, send_ts[0], send_ts[-1])
+    ]
+    gap = max(gaps, key=lambda g: g[1] - g[0])
+    spans = [*windows, *gaps] if windows else []
+    outside = sum(
+        1
+        for seq, ts in enumerate(send_ts)
+        if seq not in answered and spans and not any(lo <= ts <= hi for lo, hi in spans)
+    )
     return StreamFigures(
         sent=sent,
         replies=len(valid) - duplicates,

@@ -38,6 +38,10 @@ class RunOptions:
     cpu: str = ""  # "" = host under KVM, TCG_CPU under TCG
     max_outage_ms: float | None = None
     max_loss: int | None = None
+    round_trips: int | None = None  # None: the case's own
+    downtime_limit_ms: int | None = None
+    max_bandwidth_mbps: float | None = None
+    converge_timeout_s: float = 20.0
 
     @property
     def rate(self) -> float:

@@ -1,16 +1,19 @@
-"""The seed plan's flow, written once: prerequisites, receive, migrate, receive again.
+"""The plan's flow, written once: prerequisites, receive, migrate, receive again.
 
-A case subclasses `MigrationCase` and says how the guest receives (the `Receiver`);
-everything else (testpmd with a vhost port on host and backup, the guest and its paused
-twin with `-incoming`, tester traffic, the migration from QMP) is shared.
+A case subclasses `MigrationCase` and sets what differs: how the guest receives (the
+`Receiver`), the device shape (packed ring, queues), when the vhost side starts, and the
+migration variant (round trips, postcopy, multifd, parameters, cancel, non-convergence).
+Everything else (testpmd with a vhost port on host and backup, the guest and its twin
+with `-incoming`, tester traffic, the migration from QMP, the figures) is shared.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import Receiver
@@ -19,14 +22,14 @@ from vhostlm.apps.stream import ExpectTimeout
 from vhostlm.apps.testpmd import VERBOSE_RX_RE, TestPmd, check_socket_free, testpmd_argv
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.plans.env import LabEnv
-from vhostlm.plans.steps import CaseAborted, StepRunner
+from vhostlm.plans.migrate import Migration
+from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, check_limits
-from vhostlm.report.results import CaseResult, MigrationFigures
+from vhostlm.report.results import CaseResult
 from vhostlm.testbed.lab import MIG_PORT
 
 READY_MARK = "VHOSTLM-GUEST-READY"
 TESTPMD_BINARY = "dpdk-testpmd"
-END_STATES = ("completed", "failed", "cancelled")
 TESTPMD_MB = 128  # hugepage memory of each vhost testpmd
 TESTPMD_MBUFS = 16384  # testpmd's default pool would take ~600 MiB of hugepages
 
@@ -36,12 +39,30 @@ def prerequisite_steps() -> list[str]:
     return ["host_testpmd", "host_vm", "backup_testpmd", "backup_vm"]
 
 
+@dataclass
+class Side:
+    """One end of a migration: its role, its QEMU and the shell on its console."""
+
+    role: str
+    vm: QemuVm
+    shell: GuestShell
+
+
 class MigrationCase:
-    """One case of the plan: a guest receiving tester traffic across a live migration."""
+    """One case: a guest receiving tester traffic across one or more live migrations."""
 
     name = ""
     driver_step = "guest_driver"
     reconnects = False  # True: the guest driver re-initialises the device (virtio-pmd)
+    packed = False
+    queues = 1
+    late_start = False  # the vhost side's `start` only once the guest driver is up
+    variant = "plain"  # plain | cancel | no_converge
+    round_trips = 0  # 0: one migration to the backup; N: N times there and back
+    capabilities: ClassVar[dict[str, bool]] = {}
+    parameters: ClassVar[dict[str, Any]] = {}
+    postcopy = False
+    dirty_mb_s = 0  # a memory-dirtying load in the guest, MB/s
 
     def receiver(self, probes: bool) -> Receiver:
         """The guest-side receiver of this case (answering probes when `probes`)."""
@@ -52,27 +73,46 @@ class MigrationCase:
         """First line of the case's docstring, for `vhostlm list`."""
         return (cls.__doc__ or "").strip().splitlines()[0]
 
-    def planned_steps(self) -> list[str]:
+    def legs(self, env: LabEnv) -> int:
+        """How many migrations the case makes."""
+        trips = env.options.round_trips if env.options.round_trips is not None else self.round_trips
+        return 2 * trips if trips else 1
+
+    def leg_steps(self, leg: int) -> list[str]:
+        """The steps of migration number `leg` (0-based); later legs get a suffix."""
+        steps = ["migration_active"]
+        if self.queues > 1:
+            steps.append("guest_queues_during_migration")
+        steps.append("receives_during_migration")
+        if self.postcopy:
+            steps.append("postcopy_active")
+        if self.variant == "cancel":
+            steps += ["migration_cancelled", "source_keeps_receiving"]
+        elif self.variant == "no_converge":
+            steps += ["did_not_converge", "source_keeps_receiving"]
+        else:
+            steps += ["migration_completed", "receives_after_migration"]
+        return [s + leg_suffix(leg) for s in steps]
+
+    def planned_steps(self, env: LabEnv) -> list[str]:
         """Every step of the case, in order, so unrun ones can be reported as skipped."""
-        return [
-            *prerequisite_steps(),
-            self.driver_step,
-            "vhost_connected",
-            "guest_receives",
-            "migration_active",
-            "receives_during_migration",
-            "migration_completed",
-            "receives_after_migration",
-        ]
+        steps = [*prerequisite_steps(), self.driver_step, "vhost_connected", "guest_receives"]
+        if self.dirty_mb_s:
+            steps.append("guest_dirty_load")
+        for leg in range(self.legs(env)):
+            if leg:
+                steps.append("incoming_vm" + leg_suffix(leg))
+            steps += self.leg_steps(leg)
+        if env.options.max_outage_ms is not None or env.options.max_loss is not None:
+            steps.append("within_limits")
+        return steps
 
     def run(self, env: LabEnv) -> CaseResult:
         """Run every step; whatever happens, stop what the case started."""
         result = CaseResult(name=self.name)
-        runner = StepRunner(result, env.progress, self.planned_steps())
+        runner = StepRunner(result, env.progress, self.planned_steps(env))
         start = time.monotonic()
         stopping = [0.0]
-        if env.options.max_outage_ms is not None or env.options.max_loss is not None:
-            runner.planned.append("within_limits")
 
         def stopped() -> None:
             result.phases["stop_s"] = round(time.monotonic() - stopping[0], 3)
@@ -85,6 +125,9 @@ class MigrationCase:
                 finally:
                     env.progress.phase(self.name, "stopping")
                     stopping[0] = time.monotonic()
+        except CaseSkipped as exc:
+            runner.skip_rest(f"not run: {exc}")
+            result.verdict, result.reason = "skip", str(exc)
         except CaseAborted:
             runner.skip_rest("not run: an earlier step did not pass")
         finally:
@@ -92,70 +135,102 @@ class MigrationCase:
         result.finish()
         return result
 
-    def _testpmd(self, env: LabEnv, role: str, sock: str) -> TestPmd:
+    def _testpmd(self, env: LabEnv, role: str) -> TestPmd:
         lab = env.lab
-        check_socket_free(Path(sock))
+        sock = self.vhost_socket(env, role)
+        check_socket_free(sock)
+        vhost = f"net_vhost0,iface={sock},queues={self.queues}"
+        if self.postcopy:
+            vhost += ",postcopy-support=1"
+        app = [f"--total-num-mbufs={TESTPMD_MBUFS}"]
+        if self.queues > 1:
+            app += [f"--rxq={self.queues}", f"--txq={self.queues}"]
         argv = testpmd_argv(
             TESTPMD_BINARY,
             "0-1",
-            [f"net_vhost0,iface={sock},queues=1", f"net_af_packet0,iface={lab.port(role)}"],
+            [vhost, f"net_af_packet0,iface={lab.port(role)},qpairs={self.queues}"],
             file_prefix=f"vhostlm-{env.rundir.run_id}-{self.name}-{role}",
             huge_dir=str(lab.hugedir),
             mem_mb=TESTPMD_MB,
-            app_args=[f"--total-num-mbufs={TESTPMD_MBUFS}"],
+            app_args=app,
         )
         return TestPmd(f"{self.name}-testpmd-{role}", argv, env.rundir, lab.ns(role))
 
-    def _vm_spec(self, env: LabEnv, role: str, incoming: str | None) -> VmSpec:
+    def vhost_socket(self, env: LabEnv, role: str) -> Path:
+        """The vhost-user socket of `role`'s testpmd."""
+        return env.rundir.socket_path(f"{self.name}-{role}-vhost.sock")
+
+    def _vm(self, env: LabEnv, role: str, leg: int, incoming: bool) -> QemuVm:
         rd = env.rundir
-        return VmSpec(
-            name=f"{self.name}-{role}",
+        tag = f"{self.name}-{role}" + (f"{leg + 1}" if leg else "")
+        spec = VmSpec(
+            name=tag,
             kernel=env.image.kernel,
             initrd=env.image.initrd,
-            vhost_socket=rd.socket_path(f"{self.name}-{role}-vhost.sock"),
-            qmp_socket=rd.socket_path(f"{self.name}-{role}-qmp.sock"),
-            console_socket=rd.socket_path(f"{self.name}-{role}-console.sock"),
+            vhost_socket=self.vhost_socket(env, role),
+            qmp_socket=rd.socket_path(f"{tag}-qmp.sock"),
+            console_socket=rd.socket_path(f"{tag}-console.sock"),
             accel=env.accel,
             cpu=env.cpu,
             mem_mb=env.options.guest_mem_mb,
             smp=env.options.guest_smp,
             mem_path=env.lab.hugedir,
-            incoming=incoming,
+            queues=self.queues,
+            packed=self.packed,
+            incoming=f"tcp:{env.lab.migration_ip(role)}:{MIG_PORT}" if incoming else None,
         )
+        return QemuVm(spec, rd, env.lab.ns(role))
+
+    def _incoming(self, env: LabEnv, stack: ExitStack, role: str, leg: int) -> Side:
+        vm = self._vm(env, role, leg, incoming=True)
+        stack.callback(vm.stop)
+        sock = self.vhost_socket(env, role)
+        try:
+            vm.start()
+        except SetupError as exc:
+            if not sock.exists():
+                raise StepFailed(
+                    f"no vhost-user backend on the {role}: QEMU could not connect to {sock} ({exc})"
+                ) from exc
+            raise
+        return Side(role, vm, GuestShell(vm.console))
 
     def _body(self, env: LabEnv, runner: StepRunner, stack: ExitStack, result: CaseResult) -> None:
         opts = env.options
-        lab = env.lab
         result.options = {
             "probes": opts.probes,
             "pps": opts.rate,
             "guest_mem_mb": opts.guest_mem_mb,
             "guest_smp": opts.guest_smp,
+            "queues": self.queues,
+            "packed": self.packed,
             "cpu": env.cpu,
             "switch_learning": opts.switch_learning,
+            "migrations": self.legs(env),
         }
 
         with runner.step("host_testpmd", "prerequisite 2"):
-            host_sock = str(env.rundir.socket_path(f"{self.name}-host-vhost.sock"))
-            host_pmd = self._testpmd(env, "host", host_sock)
+            host_pmd = self._testpmd(env, "host")
             stack.callback(host_pmd.stop)
             host_pmd.start(idle_polling=True)
-            host_pmd.cmd("start")
+            if not self.late_start:
+                host_pmd.cmd("start")
 
         with runner.step("host_vm", "prerequisite 3") as step:
-            src = QemuVm(self._vm_spec(env, "host", None), env.rundir, lab.ns("host"))
-            stack.callback(src.stop)
+            src_vm = self._vm(env, "host", 0, incoming=False)
+            stack.callback(src_vm.stop)
             t0 = time.monotonic()
-            src.start()
-            shell = GuestShell(src.console)
-            src.console.output.expect(READY_MARK, opts.boot_timeout_s, alive=src.process.alive)
-            shell.wait_prompt(30)
+            src_vm.start()
+            src = Side("host", src_vm, GuestShell(src_vm.console))
+            src_vm.console.output.expect(
+                READY_MARK, opts.boot_timeout_s, alive=src_vm.process.alive
+            )
+            src.shell.wait_prompt(30)
             step.figures["boot_s"] = round(time.monotonic() - t0, 2)
 
         with runner.step("backup_testpmd", "prerequisite 4") as step:
-            bsock = env.rundir.socket_path(f"{self.name}-backup-vhost.sock")
             if opts.backup_backend:
-                backup_pmd = self._testpmd(env, "backup", str(bsock))
+                backup_pmd = self._testpmd(env, "backup")
                 stack.callback(backup_pmd.stop)
                 backup_pmd.start(idle_polling=True)
                 backup_pmd.cmd("start")
@@ -164,29 +239,15 @@ class MigrationCase:
                 step.detail = "no vhost testpmd started on the backup (--no-backup-backend)"
 
         with runner.step("backup_vm", "prerequisite 5"):
-            incoming = f"tcp:{lab.migration_ip('backup')}:{MIG_PORT}"
-            dst = QemuVm(self._vm_spec(env, "backup", incoming), env.rundir, lab.ns("backup"))
-            stack.callback(dst.stop)
-            try:
-                dst.start()
-            except SetupError as exc:
-                if not bsock.exists():
-                    raise StepFailed(
-                        "no vhost-user backend on the backup: QEMU could not connect to "
-                        f"{bsock} ({exc})"
-                    ) from exc
-                raise
-            dst_shell = GuestShell(dst.console)
-            for vm in (src, dst):
-                vm.qmp(
-                    "migrate-set-capabilities",
-                    capabilities=[{"capability": "events", "state": True}],
-                )
+            dst = self._incoming(env, stack, "backup", 0)
 
         receiver = self.receiver(opts.probes)
         mark = host_pmd.process.output.mark() if self.reconnects else 0
         with runner.step(self.driver_step, "step 7") as step:
-            receiver.start(shell)
+            receiver.start(src.shell)
+            if self.late_start:
+                host_pmd.cmd("start")
+                receiver.commands.append("(host testpmd) start")
             step.detail = " && ".join(receiver.commands)[-300:]
 
         with runner.step("vhost_connected", "step 8") as step:
@@ -201,7 +262,7 @@ class MigrationCase:
         traffic.start()
 
         with runner.step("guest_receives", "step 9") as step:
-            got = receiver.wait_count(shell, 1, 30)
+            got = receiver.wait_count(src.shell, 1, 30)
             if got is None:
                 raise StepFailed(f"the guest received no packet in 30 s ({traffic.sent()} sent)")
             step.figures["received"] = got
@@ -216,99 +277,43 @@ class MigrationCase:
                     )
                 step.detail = f"guest rx counter {got}; {want} probes answered"
             else:
-                src.console.output.expect(VERBOSE_RX_RE, 10)
+                src.vm.console.output.expect(VERBOSE_RX_RE, 10)
                 step.detail = f"port 0/queue 0: received ... (guest rx counter {got})"
 
-        with runner.step("migration_active", "step 10") as step:
-            before = receiver.count(shell)
-            result.traffic.received_before = before
-            ev_src, ev_dst = src.event_mark(), dst.event_mark()
-            uri = f"tcp:{lab.migration_ip('backup')}:{MIG_PORT}"
-            traffic.marks["migrate"] = time.time()
-            t_migrate = time.monotonic()
-            src.qmp("migrate", uri=uri)
-            event = self._wait_migration(src, ev_src, ("active", *END_STATES), 30)
-            status = event["data"]["status"]
-            if status != "active":
-                raise StepFailed(f"migration is {status}, not active: {self._error_desc(src)}")
-            step.detail = f"migrate -d {uri}: active"
+        if self.dirty_mb_s:
+            with runner.step("guest_dirty_load") as step:
+                step.detail = start_dirty_load(src.shell, self.dirty_mb_s)
 
-        with runner.step("receives_during_migration", "step 11") as step:
-            try:
-                got = receiver.wait_count(shell, before + 1, 30)
-            except SetupError:
-                got = None  # the source stopped (switch-over) before it answered
-            status = str(src.qmp("query-migrate").get("status"))
-            if got is None:
-                raise StepFailed(
-                    f"the guest received nothing while the migration was active (now {status})"
-                )
-            step.detail = f"guest rx counter {before} -> {got} while migration was active"
+        sides = [src, dst]
+        migration = Migration(self, env, runner, receiver, traffic, result)
+        try:
+            for leg in range(self.legs(env)):
+                a, b = sides[leg % 2], sides[(leg + 1) % 2]
+                if leg:
+                    with runner.step("incoming_vm" + leg_suffix(leg)):
+                        b = self._incoming(env, stack, b.role, leg)
+                        sides[(leg + 1) % 2] = b
+                migration.leg(leg, a, b)
+                if self.variant == "plain":
+                    a.vm.stop()  # the source ends in postmigrate: its job is done
+        except CaseAborted:
+            result.measure = traffic.finish(migration.figures)  # the figures of a failure
+            raise
 
-        with runner.step("migration_completed", "step 12") as step:
-            try:
-                event = self._wait_migration(src, ev_src, END_STATES, opts.migration_timeout_s)
-            except SetupError as exc:
-                src.qmp("migrate_cancel")
-                raise StepFailed(
-                    f"migration did not complete within {opts.migration_timeout_s:.0f} s "
-                    f"({self._figures_line(self._final_figures(src))})"
-                ) from exc
-            result.phases["migration_s"] = round(time.monotonic() - t_migrate, 3)
-            if event["data"]["status"] != "completed":
-                raise StepFailed(f"migration failed: {self._error_desc(src)}")
-            resume = dst.wait_event("RESUME", 30, ev_dst)
-            result.migration = self._final_figures(src)
-            traffic.qmp_marks(src.events[ev_src:], resume)
-            step.detail = f"Migration status: completed ({self._figures_line(result.migration)})"
-            at_switch = receiver.count(dst_shell, 15)
-            result.traffic.received_during = at_switch - before
-
-        with runner.step("receives_after_migration", "step 13") as step:
-            got = receiver.wait_count(
-                dst_shell, at_switch + opts.after_packets, opts.after_timeout_s
-            )
-            after = (got if got is not None else receiver.count(dst_shell)) - at_switch
-            result.traffic.received_after = after
-            if got is None:
-                raise StepFailed(
-                    f"after migration the guest on the backup received {after} packets in "
-                    f"{opts.after_timeout_s:.0f} s (wanted {opts.after_packets})"
-                )
-            step.detail = f"the guest on the backup received {after} more packets"
-
-        result.measure = traffic.finish(result.migration)
+        result.measure = traffic.finish(migration.figures)
         result.traffic.sent = traffic.sent()
         if opts.max_outage_ms is not None or opts.max_loss is not None:
             with runner.step("within_limits") as step:
                 step.detail = check_limits(result.measure, opts.max_outage_ms, opts.max_loss)
 
-    @staticmethod
-    def _wait_migration(
-        vm: QemuVm, since: int, states: tuple[str, ...], timeout: float
-    ) -> dict[str, Any]:
-        return vm.wait_event(
-            "MIGRATION", timeout, since, match=lambda data: data.get("status") in states
-        )
 
-    @staticmethod
-    def _error_desc(vm: QemuVm) -> str:
-        info = vm.qmp("query-migrate")
-        return str(info.get("error-desc", info.get("status", "unknown")))
-
-    @staticmethod
-    def _final_figures(vm: QemuVm) -> MigrationFigures:
-        """query-migrate once QEMU has filled in total-time (set just after the event)."""
-        deadline = time.monotonic() + 5
-        while True:
-            info = vm.qmp("query-migrate")
-            if "total-time" in info or time.monotonic() > deadline:
-                return MigrationFigures.from_query_migrate(info)
-            vm.pull_events(0.05)
-
-    @staticmethod
-    def _figures_line(fig: MigrationFigures) -> str:
-        return (
-            f"total {fig.total_time_ms} ms, downtime {fig.downtime_ms} ms, "
-            f"{fig.ram_transferred_bytes / 2**20:.0f} MiB sent"
-        )
+def start_dirty_load(shell: GuestShell, mb_s: int) -> str:
+    """Rewrite a tmpfs file of `mb_s` MiB once a second in the background: guest memory
+    dirtied at about `mb_s` MiB/s for as long as the guest runs."""
+    cmd = (
+        f"(while :; do dd if=/dev/zero of=/dev/shm/dirty bs=1M count={mb_s} conv=notrunc "
+        "2>/dev/null; usleep 1000000; done) &"
+    )
+    shell.run("mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm 2>/dev/null; true")
+    shell.run(cmd)
+    return cmd

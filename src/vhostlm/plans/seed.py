@@ -43,12 +43,7 @@ class VirtioNet(MigrationCase):
 
     def receiver(self, probes: bool) -> Receiver:
         """The kernel driver, its rx counter printed in a loop."""
-        return KernelReceiver(probes)
+        return KernelReceiver(probes, queues=self.queues)
 
 
-PLANS: dict[str, list[type[MigrationCase]]] = {"seed": [VirtioPmd, VirtioNet]}
-
-
-def all_cases() -> dict[str, type[MigrationCase]]:
-    """Every known case by name."""
-    return {case.name: case for cases in PLANS.values() for case in cases}
+SEED_CASES: list[type[MigrationCase]] = [VirtioPmd, VirtioNet]

@@ -11,8 +11,17 @@ from vhostlm.report.progress import Progress
 from vhostlm.report.results import CaseResult, StepResult
 
 
+def leg_suffix(leg: int) -> str:
+    """'' for a case's first migration, `_leg2` and so on after it."""
+    return f"_leg{leg + 1}" if leg else ""
+
+
 class CaseAborted(Exception):
     """A step did not pass: the remaining steps of the case are skipped."""
+
+
+class CaseSkipped(Exception):
+    """The case cannot run here (a feature this QEMU or DPDK lacks): verdict skip."""
 
 
 class StepRunner:
@@ -39,6 +48,9 @@ class StepRunner:
         start = time.monotonic()
         try:
             yield step
+        except CaseSkipped as exc:
+            step.verdict, step.detail = "skip", str(exc)
+            raise
         except StepFailed as exc:
             step.verdict, step.detail = "fail", str(exc)
             raise CaseAborted(str(exc)) from exc

@@ -16,7 +16,7 @@ from vhostlm.apps.process import Process
 from vhostlm.apps.qemu import GUEST_MAC
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements, tcpdump_argv
-from vhostlm.measure.outage import analyse
+from vhostlm.measure.outage import analyse, largest_gap
 from vhostlm.measure.tester import PROGRESS_RE, Tester
 from vhostlm.plans.env import LabEnv
 from vhostlm.report.results import MigrationFigures
@@ -44,20 +44,25 @@ class Traffic:
             f"{case}-tester", env.rundir, lab.ns("tester"), lab.port("tester"),
             opts.dst_mac, self.pps, probe_ips,
         )  # fmt: skip
-        self.sniffer = Process(
-            f"{case}-announce-sniffer",
-            tcpdump_argv("p-backup", GUEST_MAC),
-            env.rundir,
-            netns=lab.ns("switch"),
-        )
-        self.marks: dict[str, float] = {}
+        self.sniffers = {
+            role: Process(
+                f"{case}-announce-{role}",
+                tcpdump_argv(f"p-{role}", GUEST_MAC),
+                env.rundir,
+                netns=lab.ns("switch"),
+            )
+            for role in ("host", "backup")
+        }
+        self.leg_dest: list[str] = []
+        self.legs: list[dict[str, float]] = []
         self._data: dict[str, Any] | None = None
         stack.callback(self.stop)
 
     def start(self) -> None:
         """Start the sniffer (ready once tcpdump listens), then the tester."""
-        self.sniffer.start()
-        self.sniffer.expect(r"listening on", 15)
+        for sniffer in self.sniffers.values():
+            sniffer.start()
+            sniffer.expect(r"listening on", 15)
         self.tester.start()
 
     def sent(self) -> int:
@@ -75,56 +80,89 @@ class Traffic:
 
         return self.tester.process.output.wait_for(enough, timeout)
 
-    def qmp_marks(self, src_events: list[dict[str, Any]], resume: dict[str, Any]) -> None:
-        """Record the source's MIGRATION states and STOP, and the destination's RESUME."""
+    def new_leg(self, dest: str) -> dict[str, float]:
+        """Marks (epoch seconds) of the next migration, to `dest` (host or backup)."""
+        self.legs.append({})
+        self.leg_dest.append(dest)
+        return self.legs[-1]
+
+    @staticmethod
+    def qmp_marks(marks: dict[str, float], src_events: list[dict[str, Any]]) -> None:
+        """Record the source's MIGRATION states and STOP of one migration."""
         for event in src_events:
             if event.get("event") == "MIGRATION":
-                self.marks.setdefault(str(event["data"]["status"]), event_time(event))
+                marks.setdefault(str(event["data"]["status"]), event_time(event))
             elif event.get("event") == "STOP":
-                self.marks.setdefault("stop", event_time(event))
-        self.marks["resume"] = event_time(resume)
+                marks.setdefault("stop", event_time(event))
 
     def stop(self) -> None:
         """Stop the tester and the sniffer (once)."""
         if self._data is None:
             self._data = self.tester.stop()
-            self.sniffer.stop()
+            for sniffer in self.sniffers.values():
+                sniffer.stop()
 
-    def finish(self, migration: MigrationFigures) -> dict[str, Any]:
-        """Stop the traffic and compute the case's `measure` figures."""
+    def _leg_figures(
+        self, marks: dict[str, float], dest: str, migration: MigrationFigures
+    ) -> dict[str, Any]:
+        leg: dict[str, Any] = {
+            "qemu": {k: v for k, v in asdict(migration).items() if k != "status"},
+            "status": migration.status,
+            "to": dest,
+            "events": dict(marks),
+        }
+        if "stop" in marks and "resume" in marks:
+            leg["stop_to_resume_ms"] = round((marks["resume"] - marks["stop"]) * 1000, 3)
+        announced = first_announcement(
+            parse_announcements(self.sniffers[dest].output.text()),
+            marks.get("stop", marks.get("migrate", 0.0)),
+        )
+        leg["announce"] = {"seen": announced is not None}
+        if announced is not None and "resume" in marks:
+            marks["announce"] = announced.at
+            after = round((announced.at - marks["resume"]) * 1000, 3)
+            leg["announce"].update(kind=announced.kind, at=announced.at, after_resume_ms=after)
+        return leg
+
+    def finish(self, migrations: list[MigrationFigures]) -> dict[str, Any]:
+        """Stop the traffic and compute the `measure` figures (the first migration on top,
+        every migration of the case under "legs")."""
         self.stop()
         data = self._data or {}
-        qemu = {k: v for k, v in asdict(migration).items() if k != "status"}
-        measure: dict[str, Any] = {"pps": self.pps, "resolution_ms": round(1000 / self.pps, 3),
-                                   "qemu": qemu, "events": dict(self.marks)}  # fmt: skip
-        if "stop" in self.marks and "resume" in self.marks:
-            measure["stop_to_resume_ms"] = round(
-                (self.marks["resume"] - self.marks["stop"]) * 1000, 3
-            )
-        announced = first_announcement(
-            parse_announcements(self.sniffer.output.text()),
-            self.marks.get("stop", self.marks.get("migrate", 0.0)),
-        )
-        measure["announce"] = {"seen": announced is not None}
-        if announced is not None:
-            self.marks["announce"] = announced.at
-            measure["announce"].update(kind=announced.kind, at=announced.at)
-            if "resume" in self.marks:
-                after = round((announced.at - self.marks["resume"]) * 1000, 3)
-                measure["announce"]["after_resume_ms"] = after
-        if data.get("sent"):
-            send_ts = data["send_ts"]
-            replies = [(int(s), float(t)) for s, t in data["replies"]]
-            end = self.marks.get("resume", self.marks.get("completed", send_ts[-1]))
-            window = (self.marks.get("migrate", send_ts[0]), end + SETTLE_S)
-            measure["window"] = list(window)
-            measure.update(analyse(send_ts, replies, self.pps, window).as_dict())
-            t0 = float(data["t0"])
-            measure["timeline"] = {
-                "t0": t0,
-                "reply_ms": [round((t - t0) * 1000, 3) for t in sorted(t for _, t in replies)],
-                "marks_ms": {k: round((v - t0) * 1000, 3) for k, v in self.marks.items()},
-            }
+        legs = [
+            self._leg_figures(m, d, f)
+            for m, d, f in zip(self.legs, self.leg_dest, migrations, strict=False)
+        ]
+        measure: dict[str, Any] = {"pps": self.pps, "resolution_ms": round(1000 / self.pps, 3)}
+        if legs:
+            measure.update({k: v for k, v in legs[0].items() if k not in ("status", "to")})
+        if not data.get("sent"):
+            measure["legs"] = legs
+            return measure
+        send_ts = data["send_ts"]
+        replies = [(int(s), float(t)) for s, t in data["replies"]]
+        times = [t for _, t in replies]
+        windows = []
+        for marks, leg in zip(self.legs, legs, strict=False):
+            end = marks.get("resume", marks.get("cancelled", marks.get("completed", send_ts[-1])))
+            window = (marks.get("migrate", send_ts[0]), end + SETTLE_S)
+            windows.append(window)
+            gap = largest_gap(times, send_ts[0], send_ts[-1], window)
+            leg.update(window=list(window), outage_ms=round((gap[1] - gap[0]) * 1000, 3),
+                       outage_start=gap[0], outage_end=gap[1])  # fmt: skip
+        measure.update(analyse(send_ts, replies, self.pps, windows).as_dict())
+        measure["window"] = list(windows[0]) if windows else None
+        measure["legs"] = legs
+        t0 = float(data["t0"])
+        first = self.legs[0] if self.legs else {}
+        measure["timeline"] = {
+            "t0": t0,
+            "reply_ms": [round((t - t0) * 1000, 3) for t in sorted(times)],
+            "marks_ms": {k: round((v - t0) * 1000, 3) for k, v in first.items()},
+            "legs_marks_ms": [
+                {k: round((v - t0) * 1000, 3) for k, v in marks.items()} for marks in self.legs
+            ],
+        }
         return measure
 
 

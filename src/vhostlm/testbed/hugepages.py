@@ -8,6 +8,7 @@ from vhostlm.errors import UsageError
 
 NR_PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
 FREE_PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+RESV_PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages")
 PAGE_MB = 2
 
 
@@ -40,19 +41,23 @@ def check_available(pages: int) -> None:
         )
 
 
-def reserve(pages: int) -> int:
-    """Grow the pool so `pages` are free; return how many pages were added (to give back).
+def unclaimed_pages() -> int:
+    """Free pages that no mapping has reserved yet (another run's guests may hold some)."""
+    return free_pages() - int(RESV_PATH.read_text())
 
-    Raises UsageError when the kernel cannot provide them (memory too fragmented or short).
+
+def reserve(pages: int) -> int:
+    """Grow the pool by `pages` for this run; return how many were added (to give back).
+
+    Adding the run's own pages, rather than counting on free ones, keeps concurrent runs
+    from counting the same free pages twice. Raises UsageError when the kernel cannot
+    provide them and the pool has too few unclaimed pages.
     """
     check_available(pages)
-    missing = pages - free_pages()
-    if missing <= 0:
-        return 0
     before = total_pages()
-    NR_PATH.write_text(str(before + missing))
+    NR_PATH.write_text(str(before + pages))
     added = total_pages() - before
-    got = free_pages()
+    got = unclaimed_pages()
     if got < pages:
         NR_PATH.write_text(str(max(0, total_pages() - added)))
         raise UsageError(

@@ -1,0 +1,256 @@
+"""One live migration of a case (a "leg"), as steps: start, watch, and how it must end.
+
+Plain legs must complete and the guest must keep receiving on the destination; cancel
+legs are cancelled mid-way and the source must keep running; non-converging legs must
+still be active when the time is up (then they are cancelled), never hang.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from vhostlm.apps.guest import KernelReceiver, Receiver
+from vhostlm.apps.qemu import QemuVm
+from vhostlm.errors import SetupError, StepFailed
+from vhostlm.plans.env import LabEnv
+from vhostlm.plans.steps import CaseSkipped, StepRunner, leg_suffix
+from vhostlm.plans.traffic import Traffic, event_time
+from vhostlm.report.results import CaseResult, MigrationFigures
+from vhostlm.testbed.lab import MIG_PORT
+
+if TYPE_CHECKING:
+    from vhostlm.plans.migration import MigrationCase, Side
+
+END_STATES = ("completed", "failed", "cancelled")
+
+
+def wait_migration(
+    vm: QemuVm, since: int, states: tuple[str, ...], timeout: float
+) -> dict[str, Any]:
+    """The first MIGRATION event (after index `since`) whose status is in `states`."""
+    return vm.wait_event("MIGRATION", timeout, since, match=lambda d: d.get("status") in states)
+
+
+def final_figures(vm: QemuVm) -> MigrationFigures:
+    """query-migrate once QEMU has filled in total-time (set just after the event)."""
+    deadline = time.monotonic() + 5
+    while True:
+        info = vm.qmp("query-migrate")
+        if "total-time" in info or info.get("status") == "active" or time.monotonic() > deadline:
+            return MigrationFigures.from_query_migrate(info)
+        vm.pull_events(0.05)
+
+
+def figures_line(fig: MigrationFigures) -> str:
+    """The figures a person reads first."""
+    return (
+        f"total {fig.total_time_ms} ms, downtime {fig.downtime_ms} ms, "
+        f"{fig.ram_transferred_bytes / 2**20:.0f} MiB sent, "
+        f"{fig.dirty_sync_count} dirty-sync rounds"
+    )
+
+
+def error_desc(vm: QemuVm) -> str:
+    """Why QEMU says the migration failed."""
+    info = vm.qmp("query-migrate")
+    return str(info.get("error-desc", info.get("status", "unknown")))
+
+
+class Migration:
+    """Runs the legs of one case and keeps each leg's QEMU figures."""
+
+    def __init__(
+        self,
+        case: MigrationCase,
+        env: LabEnv,
+        runner: StepRunner,
+        receiver: Receiver,
+        traffic: Traffic,
+        result: CaseResult,
+    ) -> None:
+        self.case = case
+        self.env = env
+        self.runner = runner
+        self.receiver = receiver
+        self.traffic = traffic
+        self.result = result
+        self.figures: list[MigrationFigures] = []
+
+    def configure(self, a: Side, b: Side) -> None:
+        """Capabilities on both ends and parameters on the source; skip what QEMU lacks."""
+        case, opts = self.case, self.env.options
+        caps = {"events": True, **case.capabilities}
+        if case.postcopy:
+            caps["postcopy-ram"] = True
+        params: dict[str, Any] = dict(case.parameters)
+        if opts.downtime_limit_ms is not None:
+            params["downtime-limit"] = opts.downtime_limit_ms
+        if opts.max_bandwidth_mbps is not None:
+            params["max-bandwidth"] = int(opts.max_bandwidth_mbps * 1e6 / 8)
+        both = {k: v for k, v in params.items() if k.startswith("multifd")}
+        for vm, mine in ((a.vm, params), (b.vm, both)):
+            listed = [{"capability": k, "state": v} for k, v in caps.items()]
+            try:
+                vm.qmp("migrate-set-capabilities", capabilities=listed)
+                if mine:
+                    vm.qmp("migrate-set-parameters", **mine)
+            except SetupError as exc:
+                raise CaseSkipped(f"this QEMU refuses {caps} / {mine}: {exc}") from exc
+        got = a.vm.qmp("query-migrate-parameters")
+        self.result.options["migration_parameters"] = {
+            k: got.get(k) for k in ("downtime-limit", "max-bandwidth", "multifd-channels")
+        }
+        self.result.options["migration_capabilities"] = caps
+
+    def leg(self, leg: int, a: Side, b: Side) -> MigrationFigures:
+        """Migrate from side `a` to side `b` as the case's variant says."""
+        case, opts, runner, rx = self.case, self.env.options, self.runner, self.receiver
+        sfx = leg_suffix(leg)
+        marks = self.traffic.new_leg(b.role)
+        with runner.step("migration_active" + sfx, "step 10") as step:
+            self.configure(a, b)
+            before = rx.count(a.shell)
+            if leg == 0:
+                self.result.traffic.received_before = before
+            ev_a, ev_b = a.vm.event_mark(), b.vm.event_mark()
+            uri = f"tcp:{self.env.lab.migration_ip(b.role)}:{MIG_PORT}"
+            marks["migrate"] = time.time()
+            started = time.monotonic()
+            a.vm.qmp("migrate", uri=uri)
+            event = wait_migration(a.vm, ev_a, ("active", *END_STATES), 30)
+            if event["data"]["status"] != "active":
+                raise StepFailed(
+                    f"migration is {event['data']['status']}, not active: {error_desc(a.vm)}"
+                )
+            step.detail = f"migrate -d {uri}: active ({a.role} -> {b.role})"
+
+        if case.queues > 1 and isinstance(rx, KernelReceiver):
+            with runner.step("guest_queues_during_migration" + sfx) as step:
+                done = []
+                for queues in (1, case.queues):  # a real change each time, as DTS does
+                    try:
+                        done.append(rx.set_queues(a.shell, queues))
+                    except SetupError as exc:
+                        raise StepFailed(f"while the migration was active: {exc}") from exc
+                status = a.vm.qmp("query-migrate").get("status")
+                step.detail = f"{' && '.join(done)}: no error (migration {status})"
+
+        with runner.step("receives_during_migration" + sfx, "step 11") as step:
+            try:
+                got = rx.wait_count(a.shell, before + 1, 30)
+            except SetupError:
+                got = None  # the source stopped (switch-over) before it answered
+            status = str(a.vm.qmp("query-migrate").get("status"))
+            if got is None:
+                raise StepFailed(
+                    f"the guest received nothing while the migration was active (now {status})"
+                )
+            step.detail = f"guest rx counter {before} -> {got} while migration was active"
+
+        if case.postcopy:
+            with runner.step("postcopy_active" + sfx) as step:
+                a.vm.qmp("migrate-start-postcopy")
+                event = wait_migration(a.vm, ev_a, ("postcopy-active", *END_STATES), 30)
+                if event["data"]["status"] not in ("postcopy-active", "completed"):
+                    raise StepFailed(f"postcopy did not start: {error_desc(a.vm)}")
+                step.detail = f"migrate-start-postcopy: {event['data']['status']}"
+
+        if case.variant in ("cancel", "no_converge"):
+            return self._stopped_leg(leg, a, b, ev_a, marks)
+
+        with runner.step("migration_completed" + sfx, "step 12") as step:
+            try:
+                event = wait_migration(a.vm, ev_a, END_STATES, opts.migration_timeout_s)
+            except SetupError as exc:
+                figs = final_figures(a.vm)
+                a.vm.qmp("migrate_cancel")
+                raise StepFailed(
+                    f"migration did not complete within {opts.migration_timeout_s:.0f} s "
+                    f"({figures_line(figs)})"
+                ) from exc
+            self.result.phases[f"migration{sfx}_s"] = round(time.monotonic() - started, 3)
+            if event["data"]["status"] != "completed":
+                raise StepFailed(f"migration failed: {error_desc(a.vm)}")
+            resume = b.vm.wait_event("RESUME", 30, ev_b)
+            marks["resume"] = event_time(resume)
+            figs = final_figures(a.vm)
+            self.figures.append(figs)
+            self.traffic.qmp_marks(marks, a.vm.events[ev_a:])
+            if leg == 0:
+                self.result.migration = figs
+            step.detail = f"Migration status: completed ({figures_line(figs)})"
+            at_switch = rx.count(b.shell, 15)
+            if leg == 0:
+                self.result.traffic.received_during = at_switch - before
+
+        with runner.step("receives_after_migration" + sfx, "step 13") as step:
+            got = rx.wait_count(b.shell, at_switch + opts.after_packets, opts.after_timeout_s)
+            after = (got if got is not None else rx.count(b.shell)) - at_switch
+            if leg == 0:
+                self.result.traffic.received_after = after
+            if got is None:
+                raise StepFailed(
+                    f"after migration the guest on the {b.role} received {after} packets in "
+                    f"{opts.after_timeout_s:.0f} s (wanted {opts.after_packets})"
+                )
+            step.detail = f"the guest on the {b.role} received {after} more packets"
+        return figs
+
+    def _stopped_leg(
+        self, leg: int, a: Side, b: Side, ev_a: int, marks: dict[str, float]
+    ) -> MigrationFigures:
+        """A leg that must not complete: cancelled on purpose, or unable to converge."""
+        case, opts, runner, rx = self.case, self.env.options, self.runner, self.receiver
+        sfx = leg_suffix(leg)
+        if case.variant == "cancel":
+            with runner.step("migration_cancelled" + sfx) as step:
+                figs = self._cancel(a.vm, ev_a, marks)
+                step.detail = f"migrate_cancel: cancelled ({figures_line(figs)})"
+        else:
+            with runner.step("did_not_converge" + sfx) as step:
+                limit = opts.converge_timeout_s
+                try:
+                    event = wait_migration(a.vm, ev_a, END_STATES, limit)
+                except SetupError:
+                    figs = final_figures(a.vm)
+                    self._cancel(a.vm, ev_a, marks)
+                    step.detail = (
+                        f"did not converge within {limit:.0f} s ({figures_line(figs)}); cancelled"
+                    )
+                else:
+                    status = event["data"]["status"]
+                    raise StepFailed(
+                        f"migration {status} within {limit:.0f} s although the guest dirties "
+                        f"{case.dirty_mb_s} MiB/s: {figures_line(final_figures(a.vm))}"
+                    )
+        with runner.step("source_keeps_receiving" + sfx) as step:
+            state = a.vm.qmp("query-status")
+            if state.get("status") != "running":
+                raise StepFailed(f"the source guest is {state.get('status')}, not running")
+            now = rx.count(a.shell)
+            got = rx.wait_count(a.shell, now + opts.after_packets, opts.after_timeout_s)
+            if got is None:
+                raise StepFailed(f"the source guest stopped receiving after the cancel (at {now})")
+            if opts.probes:
+                replies = self.traffic.tester.progress()[1]
+                if not self.traffic.wait_replies(
+                    replies + opts.after_packets, opts.after_timeout_s
+                ):
+                    raise StepFailed("the source guest stopped answering probes after the cancel")
+            step.detail = f"source running; guest rx counter {now} -> {got}"
+        b.vm.stop()
+        self.figures.append(figs)
+        if leg == 0:
+            self.result.migration = figs
+        return figs
+
+    def _cancel(self, vm: QemuVm, since: int, marks: dict[str, float]) -> MigrationFigures:
+        vm.qmp("migrate_cancel")
+        event = wait_migration(vm, since, END_STATES, 30)
+        status = event["data"]["status"]
+        if status != "cancelled":
+            raise StepFailed(f"migrate_cancel: migration ended {status}, not cancelled")
+        marks["cancelled"] = event_time(event)
+        self.traffic.qmp_marks(marks, vm.events[since:])
+        return final_figures(vm)
