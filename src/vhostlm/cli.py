@@ -133,9 +133,15 @@ def build_parser() -> Parser:
         help="how long a non-converging migration runs before it is cancelled",
     )
     run.add_argument(
+        "--guest-memory",
+        choices=("hugetlbfs", "memfd"),
+        default="hugetlbfs",
+        help="guest RAM shared with vhost: a hugetlbfs file (the seed's) or memfd",
+    )
+    run.add_argument(
         "--guest-smp",
         type=positive(int),
-        default=RunOptions.guest_smp,
+        default=None,
         metavar="N",
         help="guest vCPUs",
     )
@@ -207,6 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_bandwidth_mbps=args.max_bandwidth,
         converge_timeout_s=args.converge_timeout,
         guest_smp=args.guest_smp,
+        guest_memory=args.guest_memory,
         dst_mac=args.dst_mac,
         guest_mem_mb=args.guest_mem,
         migration_timeout_s=args.migration_timeout,

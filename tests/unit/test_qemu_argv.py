@@ -52,7 +52,8 @@ def test_destination_listens_for_incoming_and_shapes_pass_through() -> None:
         )
     )
     assert opt(argv, "-incoming") == ["tcp:198.18.0.2:4444"]
-    assert opt(argv, "-machine") == ["pc,accel=kvm"]
+    assert opt(argv, "-machine") == ["pc"]
+    assert opt(argv, "-accel") == ["kvm"]
     assert opt(argv, "-cpu") == ["host"]
     assert opt(argv, "-smp") == ["4"]
     assert opt(argv, "-object") == ["memory-backend-memfd,id=mem,size=2048M,share=on"]

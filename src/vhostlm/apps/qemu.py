@@ -63,7 +63,8 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     argv = [
         spec.binary,
         "-name", spec.name,
-        "-machine", f"pc,accel={spec.accel}",
+        "-machine", "pc",
+        "-accel", spec.accel,
         "-cpu", spec.cpu,
         "-m", f"{spec.mem_mb}M",
         "-smp", str(spec.smp),

@@ -27,7 +27,7 @@ class RunOptions:
     pps: float | None = None  # None: PROBE_PPS with probes, SEED_PPS without
     dst_mac: str = GUEST_MAC
     guest_mem_mb: int = 1024
-    guest_smp: int = 2
+    guest_smp: int | None = None  # None: the case's own (smp)
     boot_timeout_s: float = 90.0
     migration_timeout_s: float = 120.0
     after_packets: int = 10
@@ -42,6 +42,7 @@ class RunOptions:
     downtime_limit_ms: int | None = None
     max_bandwidth_mbps: float | None = None
     converge_timeout_s: float = 20.0
+    guest_memory: str = "hugetlbfs"  # hugetlbfs (as the seed) | memfd
 
     @property
     def rate(self) -> float:
