@@ -147,6 +147,8 @@ class KernelReceiver:
             f"usleep {self.interval_us}; done) &"
         )
         self.commands.append(loop)
+        # no terminal echo from now on: the loop's lines would split the echoed commands
+        shell.run("stty -echo")
         mark = shell.console.output.mark()
         shell.run(loop)
         shell.console.output.expect(RX_LINE_RE, 10, since=mark)

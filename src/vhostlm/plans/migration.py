@@ -304,8 +304,9 @@ class MigrationCase:
                 migration.leg(leg, a, b)
                 if self.variant == "plain":
                     a.vm.stop()  # the source ends in postmigrate: its job is done
-        except CaseAborted:
+        except (CaseAborted, CaseSkipped):
             result.measure = traffic.finish(migration.figures)  # the figures of a failure
+            result.traffic.sent = traffic.sent()
             raise
 
         result.measure = traffic.finish(migration.figures)

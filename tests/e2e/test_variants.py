@@ -1,0 +1,107 @@
+"""The migration variants, one shared run of the `variants` plan, one test per variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import leftovers, load, vhostlm
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Run the variants plan once; its results by case name."""
+    out = tmp_path_factory.mktemp("variants") / "run"
+    proc = vhostlm("run", "--plan", "variants", "--output", str(out), timeout=1500)
+    data = load(out / "results.json")
+    assert leftovers(data["run_id"]) == []
+    cases = {c["name"]: c for c in data["cases"]}
+    cases["_exit"] = proc.returncode
+    cases["_output"] = proc.stdout[-3000:] + proc.stderr[-1000:]
+    return cases
+
+
+def steps(case: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in case["steps"]}
+
+
+def test_the_plan_ends_green(variants: dict[str, Any]) -> None:
+    assert variants["_exit"] == 0, variants["_output"]
+
+
+def test_ping_pong_measures_every_leg(variants: dict[str, Any]) -> None:
+    case = variants["pingpong_virtio_net"]
+    assert case["verdict"] == "pass", case["reason"]
+    legs = case["measure"]["legs"]
+    assert [leg["to"] for leg in legs] == ["backup", "host", "backup", "host"]
+    assert all(leg["status"] == "completed" and leg["qemu"]["total_time_ms"] > 0 for leg in legs)
+    assert all(leg["outage_ms"] > 0 for leg in legs)
+    s = steps(case)
+    for leg in ("", "_leg2", "_leg3", "_leg4"):
+        assert s["receives_after_migration" + leg]["verdict"] == "pass"
+    assert s["incoming_vm_leg2"]["verdict"] == "pass"
+
+
+def test_postcopy_passes_or_says_why_it_cannot_run(variants: dict[str, Any]) -> None:
+    case = variants["postcopy_virtio_net"]
+    assert case["verdict"] in ("pass", "skip"), case["reason"]
+    if case["verdict"] == "skip":
+        assert "postcopy" in case["reason"] and "File exists" in case["reason"]
+    assert steps(case)["postcopy_active"]["verdict"] == "pass"
+
+
+def test_multifd_completes_over_two_channels(variants: dict[str, Any]) -> None:
+    case = variants["multifd_virtio_net"]
+    assert case["verdict"] == "pass", case["reason"]
+    assert case["options"]["migration_capabilities"]["multifd"] is True
+    assert case["options"]["migration_parameters"]["multifd-channels"] == 2
+
+
+def test_parameters_are_passed_through_and_reported(variants: dict[str, Any]) -> None:
+    case = variants["params_virtio_net"]
+    assert case["verdict"] == "pass", case["reason"]
+    params = case["options"]["migration_parameters"]
+    assert params["downtime-limit"] == 50
+    assert params["max-bandwidth"] == 100 * 1024 * 1024
+
+
+def test_cancel_leaves_the_guest_running_on_the_source(variants: dict[str, Any]) -> None:
+    case = variants["cancel_virtio_net"]
+    assert case["verdict"] == "pass", case["reason"]
+    assert case["migration"]["status"] == "cancelled"
+    s = steps(case)
+    assert s["migration_cancelled"]["verdict"] == "pass"
+    assert s["source_keeps_receiving"]["verdict"] == "pass"
+    assert case["measure"]["events"]["cancelled"] > case["measure"]["events"]["migrate"]
+
+
+def test_a_migration_that_cannot_converge_ends_with_its_figures(variants: dict[str, Any]) -> None:
+    case = variants["noconverge_virtio_net"]
+    assert case["verdict"] == "pass", case["reason"]
+    detail = steps(case)["did_not_converge"]["detail"]
+    assert detail.startswith("did not converge within 20 s (total ")
+    assert case["migration"]["dirty_sync_count"] >= 3
+    assert steps(case)["source_keeps_receiving"]["verdict"] == "pass"
+
+
+def test_auto_converge_completes_the_same_load(variants: dict[str, Any]) -> None:
+    case = variants["autoconverge_virtio_net"]
+    assert case["verdict"] == "pass", case["reason"]
+    assert case["migration"]["status"] == "completed"
+    assert case["options"]["migration_capabilities"]["auto-converge"] is True
+    assert steps(case)["guest_dirty_load"]["verdict"] == "pass"
+
+
+def test_cli_migration_parameters_override_the_case(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = vhostlm(
+        "run", "--case", "multifd_virtio_net", "--downtime-limit", "77",
+        "--max-bandwidth", "800", "--guest-mem", "768", "--output", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    case = load(out / "results.json")["cases"][0]
+    assert case["options"]["migration_parameters"]["downtime-limit"] == 77
+    assert case["options"]["migration_parameters"]["max-bandwidth"] == 100_000_000
+    assert case["options"]["guest_mem_mb"] == 768
