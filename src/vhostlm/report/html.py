@@ -19,9 +19,8 @@ from vhostlm.report.junit import (
     figure_rows,
     number,
     sub_object,
-    write_text_atomic,
 )
-from vhostlm.report.results import VERDICTS, CaseResult, RunResult
+from vhostlm.report.results import VERDICTS, CaseResult, RunResult, write_text_atomic
 
 REPORT_NAME = "report.html"
 NO_TIMELINE = "no probe timeline (run without probes)"

@@ -6,7 +6,6 @@ Also holds what the HTML report shares with it: the key figures of a case and at
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
 import xml.etree.ElementTree as ET
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vhostlm.report.results import CaseResult, RunResult, StepResult
+from vhostlm.report.results import CaseResult, RunResult, StepResult, write_text_atomic
 
 # Characters XML 1.0 cannot carry at all (program output may contain ESC, NUL, ...).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -250,20 +249,6 @@ def render_junit(result: RunResult) -> str:
 def write_junit(result: RunResult, path: Path) -> None:
     """Write the JUnit XML of `result` to `path` atomically."""
     write_text_atomic(path, render_junit(result))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 `text` to a temp file beside `path`, fsync, rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _outcome(case: CaseResult) -> str:

@@ -166,11 +166,10 @@ class RunResult:
         return _run_from_dict(data)
 
 
-def write_results(result: RunResult, path: Path) -> None:
-    """Write `result` as JSON (indent 2) atomically: a temp file renamed over `path`."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 `text` to a temp file beside `path`, fsync, rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n"
     try:
         with tmp.open("w", encoding="utf-8") as f:
             f.write(text)
@@ -179,6 +178,11 @@ def write_results(result: RunResult, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_results(result: RunResult, path: Path) -> None:
+    """Write `result` as JSON (indent 2) atomically: a temp file renamed over `path`."""
+    write_text_atomic(path, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
 def load_results(path: Path) -> RunResult:
