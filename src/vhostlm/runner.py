@@ -84,7 +84,11 @@ def run_plan(
         run_id=rundir.run_id,
         host={"kernel": platform.release(), "machine": platform.machine()},
     )
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM end the run through the same teardown, even where the parent
+    # started vhostlm with SIGINT ignored (a background job of a non-interactive shell).
+    previous = {
+        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     progress.note(f"run {rundir.run_id}: output in {out}")
     try:
         progress.phase("setup", "image")
@@ -111,13 +115,16 @@ def run_plan(
         for case_type in cases:
             result.cases.append(case_type().run(env))
     finally:
+        for sig in previous:  # a second Ctrl-C must not cut the teardown short
+            signal.signal(sig, signal.SIG_IGN)
         progress.phase("teardown", "cleanup")
         t = time.monotonic()
         problems = teardown_runtime(rundir.runtime)
         result.phases["teardown_s"] = round(time.monotonic() - t, 3)
         for problem in problems:
             progress.note(f"teardown: {problem}")
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         result.duration_s = round(time.monotonic() - started, 3)
         write_results(result, out / "results.json")
         render_report_files(result, out)
