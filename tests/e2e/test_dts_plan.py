@@ -6,7 +6,6 @@ from pathlib import Path
 
 from tests.e2e.conftest import leftovers, load, vhostlm
 
-
 # Under TCG the packed-ring guest hung in 1 of 3 runs while `ethtool -L` changed its queue
 # pairs during the migration (a real finding, tracked on the DTS issue): kept out of CI.
 FLAKY_HERE = "packed_virtio_net_mq4"
