@@ -220,7 +220,7 @@ class MigrationCase:
         with runner.step("host_testpmd", "prerequisite 2"):
             host_pmd = self._testpmd(env, "host")
             stack.callback(host_pmd.stop)
-            host_pmd.start(idle_polling=True)
+            host_pmd.start(low_priority_polling=True)
             if not self.late_start:
                 host_pmd.cmd("start")
 
@@ -240,7 +240,7 @@ class MigrationCase:
             if opts.backup_backend:
                 backup_pmd = self._testpmd(env, "backup")
                 stack.callback(backup_pmd.stop)
-                backup_pmd.start(idle_polling=True)
+                backup_pmd.start(low_priority_polling=True)
                 backup_pmd.cmd("start")
             else:
                 step.verdict = "skip"
