@@ -70,15 +70,45 @@ class GuestShell:
         """Wait until the shell is ready to take a command."""
         self.console.output.expect(re.escape(SHELL_PROMPT), timeout)
 
-    def run(self, command: str, timeout: float = 20.0, check: bool = True) -> str:
-        """Run `command`; return its output; raise SetupError on a non-zero status if `check`."""
+    def run(
+        self,
+        command: str,
+        timeout: float = 20.0,
+        check: bool = True,
+        moving_to: GuestShell | None = None,
+    ) -> str:
+        """Run `command`; return its output; raise SetupError on a non-zero status if `check`.
+
+        With `moving_to`, the guest may be migrating to that shell's console meanwhile: the
+        command's end is awaited on both consoles (its typed input migrates with the guest).
+        """
         tag = secrets.token_hex(4)
-        mark = self.console.output.mark()
+        shells = [self] if moving_to is None else [self, moving_to]
+        marks = [sh.console.output.mark() for sh in shells]
         sep = " " if command.rstrip().endswith("&") else "; "  # `cmd &; echo` is a syntax error
         self.console.write(f"{command}{sep}echo __END{tag}__ $?\n")
-        match = self.console.output.expect(rf"__END{tag}__ (\d+)\n", timeout, since=mark)
-        self.console.output.expect(re.escape(SHELL_PROMPT), timeout, since=match.end())
-        text = self.console.output.text()[mark : match.start()]
+        end = re.compile(rf"__END{tag}__ (\d+)\n")
+        deadline = time.monotonic() + timeout
+
+        def ended_here(text: str) -> bool:
+            return bool(end.search(text, marks[0]))
+
+        while True:
+            for shell, mark in zip(shells, marks, strict=True):
+                out = shell.console.output
+                if len(shells) == 1 or end.search(out.text(), mark):
+                    left = max(0.0, deadline - time.monotonic())
+                    match = out.expect(end, left, since=mark)
+                    out.expect(re.escape(SHELL_PROMPT), timeout, since=match.end())
+                    return self._result(
+                        command, tag, out.text()[mark : match.start()], match, check
+                    )
+            if time.monotonic() > deadline:
+                raise SetupError(f"guest: no end of {command!r} on any console in {timeout:.0f} s")
+            self.console.output.wait_for(ended_here, 0.1)  # the source's end, or a 0.1 s tick
+
+    @staticmethod
+    def _result(command: str, tag: str, text: str, match: re.Match[str], check: bool) -> str:
         lines = text.split("\n")
         out = "\n".join(line for line in lines if f"__END{tag}__" not in line).strip()
         if check and match.group(1) != "0":

@@ -157,10 +157,15 @@ class KernelReceiver:
         """The ethtool command that sets the interface's queue pairs."""
         return f"ethtool -L {self.iface} combined {queues}"
 
-    def set_queues(self, shell: GuestShell, queues: int) -> str:
-        """Set the queue pairs; SetupError naming what ethtool printed, if anything."""
+    def set_queues(
+        self, shell: GuestShell, queues: int, moving_to: GuestShell | None = None
+    ) -> str:
+        """Set the queue pairs; SetupError naming what ethtool printed, if anything.
+
+        `moving_to`: the destination's shell while a migration may switch the guest over.
+        """
         cmd = self.set_queues_command(queues)
-        out = shell.run(cmd)
+        out = shell.run(cmd, moving_to=moving_to)
         printed = RX_LINE_RE.sub("", out + "\n").strip()  # the counter loop prints too
         if printed:
             raise SetupError(f"{cmd} printed: {printed[:200]}")

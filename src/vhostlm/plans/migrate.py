@@ -149,7 +149,7 @@ class Migration:
                 done = []
                 for queues in (1, case.queues):  # a real change each time, as DTS does
                     try:
-                        done.append(rx.set_queues(a.shell, queues))
+                        done.append(rx.set_queues(a.shell, queues, moving_to=b.shell))
                     except SetupError as exc:
                         raise StepFailed(f"while the migration was active: {exc}") from exc
                 status = a.vm.qmp("query-migrate").get("status")
