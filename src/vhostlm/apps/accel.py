@@ -16,10 +16,8 @@ from vhostlm.apps.process import Process
 from vhostlm.apps.qemu import QEMU_BINARY
 from vhostlm.apps.stream import ExpectTimeout
 from vhostlm.errors import SetupError
-from vhostlm.image.build import GuestImage
+from vhostlm.image.build import READY_MARKER, GuestImage
 from vhostlm.rundir import RunDir
-
-READY_MARK = "VHOSTLM-GUEST-READY"
 
 
 def probe_argv(image: GuestImage, binary: str = QEMU_BINARY) -> list[str]:
@@ -55,7 +53,7 @@ def probe_accel(image: GuestImage, rundir: RunDir, cache: Path, timeout: float =
     proc = Process("kvm-probe", probe_argv(image), rundir)
     try:
         proc.start()
-        proc.expect(READY_MARK, timeout)
+        proc.expect(READY_MARKER, timeout)
         accel = "kvm"
     except (ExpectTimeout, SetupError):
         accel = "tcg"

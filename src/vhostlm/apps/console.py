@@ -12,8 +12,9 @@ from pathlib import Path
 
 from vhostlm.apps.stream import OutputStream, pump_fd
 from vhostlm.errors import SetupError
+from vhostlm.image.build import PROMPT
 
-SHELL_PROMPT = "vhostlm-guest# "
+SHELL_PROMPT = PROMPT  # the prompt the guest image's /init gives its shell
 
 
 class Console:

@@ -21,6 +21,7 @@ from vhostlm.apps.qemu import QemuVm, VmSpec
 from vhostlm.apps.stream import ExpectTimeout
 from vhostlm.apps.testpmd import VERBOSE_RX_RE, TestPmd, check_socket_free, testpmd_argv
 from vhostlm.errors import SetupError, StepFailed
+from vhostlm.image.build import READY_MARKER
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.migrate import Migration
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepRunner, leg_suffix
@@ -28,7 +29,6 @@ from vhostlm.plans.traffic import Traffic, check_limits
 from vhostlm.report.results import CaseResult
 from vhostlm.testbed.lab import MIG_PORT
 
-READY_MARK = "VHOSTLM-GUEST-READY"
 TESTPMD_BINARY = "dpdk-testpmd"
 TESTPMD_MB = 128  # hugepage memory of each vhost testpmd
 TESTPMD_MBUFS = 16384  # testpmd's default pool would take ~600 MiB of hugepages
@@ -231,7 +231,7 @@ class MigrationCase:
             src_vm.start()
             src = Side("host", src_vm, GuestShell(src_vm.console))
             src_vm.console.output.expect(
-                READY_MARK, opts.boot_timeout_s, alive=src_vm.process.alive
+                READY_MARKER, opts.boot_timeout_s, alive=src_vm.process.alive
             )
             src.shell.wait_prompt(30)
             step.figures["boot_s"] = round(time.monotonic() - t0, 2)
