@@ -25,6 +25,18 @@ GUEST_IP = "198.18.1.100"
 PREFIX_LEN = 24
 
 
+CRASH_RE = re.compile(
+    r"^.*(?:BUG: .*|Oops: .*|invalid opcode: .*|Kernel panic - .*|general protection fault.*)$",
+    re.M,
+)
+
+
+def guest_crash(text: str) -> str | None:
+    """The first line of a guest kernel crash in console `text`, if there is one."""
+    match = CRASH_RE.search(text)
+    return match.group(0).strip() if match else None
+
+
 class Receiver(Protocol):
     """The guest side of a case."""
 
@@ -180,6 +192,9 @@ class KernelReceiver:
         """The last counter value the loop printed on this console."""
         out = shell.console.output
         if not out.wait_for(lambda t: self._last(t) is not None, timeout):
+            crash = guest_crash(out.text())
+            if crash is not None:
+                raise SetupError(f"{out.name}: the guest kernel crashed: {crash}")
             raise SetupError(f"{out.name}: the guest printed no rx counter in {timeout:.0f} s")
         value = self._last(out.text())
         assert value is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from vhostlm.apps.guest import KernelReceiver, Receiver
+from vhostlm.apps.guest import KernelReceiver, Receiver, guest_crash
 from vhostlm.apps.qemu import QemuVm
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.plans.env import LabEnv
@@ -212,9 +212,11 @@ class Migration:
             if leg == 0:
                 self.result.traffic.received_after = after
             if got is None:
+                crash = guest_crash(b.vm.console.output.text())
                 raise StepFailed(
                     f"after migration the guest on the {b.role} received {after} packets in "
                     f"{opts.after_timeout_s:.0f} s (wanted {opts.after_packets})"
+                    + (f"; its kernel crashed: {crash}" if crash else "")
                 )
             step.detail = f"the guest on the {b.role} received {after} more packets"
         return figs
