@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vhostlm.apps.console import Console, GuestShell
-from vhostlm.apps.guest import KernelReceiver, TestPmdReceiver, guest_crash
+from vhostlm.apps.guest import KernelReceiver, guest_crash
 from vhostlm.errors import SetupError
 
 
@@ -28,11 +28,6 @@ def test_kernel_receiver_reads_the_last_counter(tmp_path: Path) -> None:
 def test_kernel_receiver_without_counter_lines_fails(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="no rx counter"):
         KernelReceiver(probes=False).count(shell_with("booting\n", tmp_path), 0.1)
-
-
-def test_verbose_lines_are_counted() -> None:
-    text = "port 0/queue 0: received 2 packets\nx\nport 0/queue 0: received 1 packets\n"
-    assert TestPmdReceiver.verbose_lines(text) == 2
 
 
 def test_a_line_still_arriving_is_not_read(tmp_path: Path) -> None:

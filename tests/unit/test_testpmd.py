@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vhostlm.apps.testpmd import check_socket_free, count_verbose_rx, parse_port_stats
+from vhostlm.apps.testpmd import check_socket_free, parse_port_stats
 from vhostlm.apps.testpmd import testpmd_argv as build_argv
 from vhostlm.errors import UsageError
 
@@ -35,18 +35,6 @@ def test_parse_port_stats_reads_every_counter() -> None:
 def test_parse_port_stats_rejects_other_output() -> None:
     with pytest.raises(ValueError, match="no port statistics"):
         parse_port_stats("Invalid port 5\n")
-
-
-def test_count_verbose_rx_sums_lines_of_one_port() -> None:
-    text = (
-        "port 0/queue 0: received 1 packets\n  src=..\n"
-        "port 0/queue 0: received 3 packets\n"
-        "port 1/queue 0: received 9 packets\n"
-        "port 0/queue 1: received 2 packets\n"
-    )
-    assert count_verbose_rx(text, 0) == 6
-    assert count_verbose_rx(text, 1) == 9
-    assert count_verbose_rx("", 0) == 0
 
 
 def test_testpmd_argv_puts_eal_before_app_arguments() -> None:

@@ -13,7 +13,7 @@ import time
 from typing import Protocol
 
 from vhostlm.apps.console import SHELL_PROMPT, GuestShell
-from vhostlm.apps.testpmd import PROMPT, STATS_RE, VERBOSE_RX_RE
+from vhostlm.apps.testpmd import PROMPT, STATS_RE
 from vhostlm.errors import SetupError
 
 RX_LINE_RE = re.compile(r"^RX (\d+)\n", re.M)  # whole lines only: output arrives in pieces
@@ -119,11 +119,6 @@ class TestPmdReceiver:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.2)
-
-    @staticmethod
-    def verbose_lines(text: str) -> int:
-        """How many `port 0/queue 0: received N packets` lines `text` has (seed form)."""
-        return len(VERBOSE_RX_RE.findall(text))
 
 
 class KernelReceiver:

@@ -56,11 +56,6 @@ def parse_port_stats(text: str) -> PortStats:
     )
 
 
-def count_verbose_rx(text: str, port: int = 0) -> int:
-    """Packets reported by `set verbose 1` lines ("port 0/queue 0: received 3 packets")."""
-    return sum(int(m[3]) for m in VERBOSE_RX_RE.finditer(text) if int(m[1]) == port)
-
-
 def testpmd_argv(
     binary: str,
     lcores: str,

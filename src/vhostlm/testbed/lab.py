@@ -12,7 +12,6 @@ the run's runtime directory first, so teardown also works after a crash.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from vhostlm.errors import SetupError
@@ -25,14 +24,6 @@ ROLES = ("host", "backup", "tester")
 MIG_NET = "198.18.0"
 TESTER_NET = "198.18.1"
 MIG_PORT = 4444
-
-
-@dataclass(frozen=True)
-class LabAddresses:
-    """Addresses the cases need from the lab."""
-
-    migration: dict[str, str]
-    port_mac: dict[str, str]
 
 
 class Lab:
@@ -58,11 +49,6 @@ class Lab:
     def migration_ip(role: str) -> str:
         """Address of the role on the host-backup migration link."""
         return f"{MIG_NET}.{ {'host': 1, 'backup': 2}[role] }"
-
-    def port_mac(self, role: str) -> str:
-        """MAC address of the role's switch-facing interface."""
-        out = run(["ip", "-n", self.ns(role), "-j", "link", "show", self.port(role)])
-        return str(json.loads(out)[0]["address"])
 
     def _save(self) -> None:
         self._state_path.write_text(json.dumps(self.state, indent=1))
