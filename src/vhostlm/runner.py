@@ -105,6 +105,7 @@ def run_plan(
         progress.phase("setup", "lab")
         t = time.monotonic()
         lab = Lab(rundir).up(hugepages_needed(options), learning=options.switch_learning)
+        lab.image = (str(img.kernel), str(img.initrd))
         result.phases["lab_s"] = round(time.monotonic() - t, 3)
         progress.phase("setup", "accel probe")
         t = time.monotonic()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +13,8 @@ from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from vhostlm.apps.console import Console
-from vhostlm.apps.process import Process
 from vhostlm.errors import SetupError
+from vhostlm.nodes.base import Node
 from vhostlm.rundir import RunDir
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -91,10 +90,11 @@ def qemu_argv(spec: VmSpec) -> list[str]:
 class QemuVm:
     """One QEMU process with its QMP connection and serial console."""
 
-    def __init__(self, spec: VmSpec, rundir: RunDir, netns: str | None) -> None:
+    def __init__(self, spec: VmSpec, rundir: RunDir, node: Node) -> None:
         self.spec = spec
         self.rundir = rundir
-        self.process = Process(f"qemu-{spec.name}", qemu_argv(spec), rundir, netns=netns)
+        self.node = node
+        self.process = node.process(f"qemu-{spec.name}", qemu_argv(spec), rundir)
         self.console = Console(
             f"console-{spec.name}", spec.console_socket, rundir.log_path(f"console-{spec.name}")
         )
@@ -103,12 +103,19 @@ class QemuVm:
 
     def start(self, timeout: float = 20.0) -> QemuVm:
         """Start QEMU, connect QMP and the console; SetupError with QEMU's words on failure."""
-        if shutil.which(self.spec.binary) is None:
-            raise SetupError(f"{self.spec.binary} not found: apt-get install qemu-system-x86")
+        if self.node.which(self.spec.binary) is None:
+            raise SetupError(
+                f"{self.spec.binary} not found on {self.node.label}: "
+                "apt-get install qemu-system-x86, or set the node's qemu path"
+            )
         self.process.start()
         try:
+            for path in (self.spec.console_socket, self.spec.qmp_socket):
+                self.node.wait_socket(str(path), timeout, alive=self.process.alive)
+            self.console.path = self.node.reach(str(self.spec.console_socket))
             self.console.connect(timeout)
-            qmp = QEMUMonitorProtocol(str(self.spec.qmp_socket), nickname=self.spec.name)
+            qmp_path = self.node.reach(str(self.spec.qmp_socket))
+            qmp = QEMUMonitorProtocol(str(qmp_path), nickname=self.spec.name)
             qmp.settimeout(timeout)
             qmp.connect(negotiate=True)
             self._qmp = qmp

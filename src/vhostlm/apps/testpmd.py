@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhostlm.apps.process import Process
 from vhostlm.errors import UsageError
+from vhostlm.nodes.base import Node
 from vhostlm.rundir import RunDir
 
 PROMPT = "testpmd> "
@@ -105,9 +104,10 @@ class TestPmd:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, name: str, argv: Sequence[str], rundir: RunDir, netns: str | None) -> None:
+    def __init__(self, name: str, argv: Sequence[str], rundir: RunDir, node: Node) -> None:
         self.name = name
-        self.process = Process(name, argv, rundir, netns=netns)
+        self.node = node
+        self.process = node.process(name, argv, rundir)
 
     def start(self, timeout: float = 60.0, low_priority_polling: bool = False) -> TestPmd:
         """Start testpmd and wait for its first prompt.
@@ -125,16 +125,15 @@ class TestPmd:
 
     def worker_threads_nice(self, nice: int) -> int:
         """Set the nice value of the forwarding lcore threads; return how many were changed."""
-        changed = 0
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            try:
-                comm = (task / "comm").read_text().strip()
-                if comm.startswith("lcore-worker"):
-                    os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
-                    changed += 1
-            except OSError:
-                continue
-        return changed
+        tasks = self.node.run(["ps", "-L", "-o", "tid=,comm=", "-p", str(self.process.pid)])
+        tids = [
+            line.split()[0]
+            for line in tasks.splitlines()
+            if len(line.split()) > 1 and line.split()[1].startswith("lcore-worker")
+        ]
+        if tids:
+            self.node.run(["renice", "-n", str(nice), "-p", *tids])
+        return len(tids)
 
     def cmd(self, command: str, timeout: float = 15.0) -> str:
         """Run one testpmd command and return what it printed before the next prompt."""

@@ -1,45 +1,56 @@
-"""The tester node's traffic: the seed's UDP stream or the probe stream, as one owned process."""
+"""The tester node's traffic: the seed's UDP stream or the probe stream, as one owned process.
+
+The sender and probe scripts only need Python and scapy, so they are copied to the
+tester's run directory and run there with the node's Python; the probe's data file is
+fetched back when it stops.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from vhostlm.apps.process import Process
+from vhostlm.measure import probe, sender
+from vhostlm.nodes.base import Node, NodeProcess
 from vhostlm.rundir import RunDir
 
 PROGRESS_RE = re.compile(r"sent (\d+)(?: replies (\d+))?\n")  # whole lines only
 
 
 class Tester:
-    """Sends continuously from the tester namespace for a whole case."""
+    """Sends continuously from the tester node for a whole case."""
 
     def __init__(
         self,
         name: str,
         rundir: RunDir,
-        netns: str,
+        node: Node,
         iface: str,
         dst_mac: str,
         pps: float,
         probe_ips: tuple[str, str] | None,
+        python: str,
+        workdir: str,
     ) -> None:
+        self.node = node
         self.probes = probe_ips is not None
         self.data_path = rundir.path / f"{name}.json"
+        self.remote_data = f"{workdir}/{name}.json"
+        script = Path(probe.__file__ if self.probes else sender.__file__)
+        self.script = (script, f"{workdir}/{script.name}")
         if probe_ips is not None:
-            argv = [sys.executable, "-m", "vhostlm.measure.probe", "--iface", iface,
+            argv = [python, self.script[1], "--iface", iface,
                     "--dst-mac", dst_mac, "--src-ip", probe_ips[0], "--dst-ip", probe_ips[1],
-                    "--pps", str(pps), "--out", str(self.data_path)]  # fmt: skip
+                    "--pps", str(pps), "--out", self.remote_data]  # fmt: skip
         else:
-            argv = [sys.executable, "-m", "vhostlm.measure.sender", "--iface", iface,
-                    "--dst", dst_mac, "--pps", str(pps)]  # fmt: skip
-        self.process = Process(name, argv, rundir, netns=netns)
+            argv = [python, self.script[1], "--iface", iface, "--dst", dst_mac, "--pps", str(pps)]
+        self.process: NodeProcess = node.process(name, argv, rundir)
 
     def start(self) -> Tester:
-        """Start sending; wait for its first progress line."""
+        """Copy the script to the tester, start sending; wait for its first progress line."""
+        self.node.put(*self.script)
         self.process.start()
         self.process.expect(r"sent \d+", 15)
         return self
@@ -55,7 +66,8 @@ class Tester:
     def stop(self) -> dict[str, Any]:
         """Stop sending; the probe data (send and reply times), or {} for the seed stream."""
         self.process.stop()
-        if self.probes and self.data_path.exists():
+        if self.probes and self.node.exists(self.remote_data):
+            self.node.get(self.remote_data, self.data_path)
             data: dict[str, Any] = json.loads(self.data_path.read_text())
             return data
         return {}

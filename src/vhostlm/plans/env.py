@@ -8,7 +8,7 @@ from vhostlm.apps.qemu import GUEST_MAC
 from vhostlm.image.build import GuestImage
 from vhostlm.report.progress import Progress
 from vhostlm.rundir import RunDir
-from vhostlm.testbed.lab import Lab
+from vhostlm.testbed.topology import Topology
 
 # SSE4.2 for Debian's DPDK but no AVX: with `-cpu max` under TCG the guest's testpmd
 # segfaulted right after a migration (vector state), with Nehalem it kept running.
@@ -55,7 +55,7 @@ class LabEnv:
     """The shared set-up the cases run on."""
 
     rundir: RunDir
-    lab: Lab
+    bed: Topology
     image: GuestImage
     accel: str
     options: RunOptions

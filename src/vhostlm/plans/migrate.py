@@ -17,7 +17,6 @@ from vhostlm.plans.env import LabEnv
 from vhostlm.plans.steps import CaseSkipped, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, event_time
 from vhostlm.report.results import CaseResult, MigrationFigures
-from vhostlm.testbed.lab import MIG_PORT
 
 if TYPE_CHECKING:
     from vhostlm.plans.migration import MigrationCase, Side
@@ -133,7 +132,8 @@ class Migration:
             if leg == 0:
                 self.result.traffic.received_before = before
             ev_a, ev_b = a.vm.event_mark(), b.vm.event_mark()
-            uri = f"tcp:{self.env.lab.migration_ip(b.role)}:{MIG_PORT}"
+            bed = self.env.bed
+            uri = f"tcp:{bed.migration_ip(b.role)}:{bed.migration_port}"
             marks["migrate"] = time.time()
             started = time.monotonic()
             a.vm.qmp("migrate", uri=uri)

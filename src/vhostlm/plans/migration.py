@@ -27,7 +27,6 @@ from vhostlm.plans.migrate import Migration
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, check_limits
 from vhostlm.report.results import CaseResult
-from vhostlm.testbed.lab import MIG_PORT
 
 TESTPMD_BINARY = "dpdk-testpmd"
 TESTPMD_MB = 128  # hugepage memory of each vhost testpmd
@@ -143,50 +142,57 @@ class MigrationCase:
         return result
 
     def _testpmd(self, env: LabEnv, role: str) -> TestPmd:
-        lab = env.lab
+        bed = env.bed
         sock = self.vhost_socket(env, role)
-        check_socket_free(sock)
+        if bed.kind == "lab":  # on a testbed the run's directory is new: nothing listens
+            check_socket_free(Path(sock))
         vhost = f"net_vhost0,iface={sock},queues={self.queues}"
         if self.postcopy:
             vhost += ",postcopy-support=1"
         app = [f"--total-num-mbufs={TESTPMD_MBUFS}"]
         if self.queues > 1:
             app += [f"--rxq={self.queues}", f"--txq={self.queues}"]
+        nic = bed.nic(role)
+        vdevs, eal = nic.testpmd_ports(self.queues)
         argv = testpmd_argv(
-            TESTPMD_BINARY,
+            bed.tools(role).testpmd,
             "0-1",
-            [vhost, f"net_af_packet0,iface={lab.port(role)},qpairs={self.queues}"],
+            [vhost, *vdevs],
             file_prefix=f"vhostlm-{env.rundir.run_id}-{self.name}-{role}",
-            huge_dir=str(lab.hugedir),
+            huge_dir=bed.hugedir(role),
             mem_mb=TESTPMD_MB,
             app_args=app,
+            eal_extra=eal,
+            no_pci=nic.pci is None,
         )
-        return TestPmd(f"{self.name}-testpmd-{role}", argv, env.rundir, lab.ns(role))
+        return TestPmd(f"{self.name}-testpmd-{role}", argv, env.rundir, bed.node(role))
 
-    def vhost_socket(self, env: LabEnv, role: str) -> Path:
-        """The vhost-user socket of `role`'s testpmd."""
-        return env.rundir.socket_path(f"{self.name}-{role}-vhost.sock")
+    def vhost_socket(self, env: LabEnv, role: str) -> str:
+        """The vhost-user socket of `role`'s testpmd, on its node."""
+        return env.bed.socket_path(role, f"{self.name}-{role}-vhost.sock")
 
     def _vm(self, env: LabEnv, role: str, leg: int, incoming: bool) -> QemuVm:
-        rd = env.rundir
+        bed = env.bed
         tag = f"{self.name}-{role}" + (f"{leg + 1}" if leg else "")
+        kernel, initrd = bed.guest_files(role)
         spec = VmSpec(
             name=tag,
-            kernel=env.image.kernel,
-            initrd=env.image.initrd,
-            vhost_socket=self.vhost_socket(env, role),
-            qmp_socket=rd.socket_path(f"{tag}-qmp.sock"),
-            console_socket=rd.socket_path(f"{tag}-console.sock"),
+            kernel=Path(kernel),
+            initrd=Path(initrd),
+            vhost_socket=Path(self.vhost_socket(env, role)),
+            qmp_socket=Path(bed.socket_path(role, f"{tag}-qmp.sock")),
+            console_socket=Path(bed.socket_path(role, f"{tag}-console.sock")),
             accel=env.accel,
             cpu=env.cpu,
             mem_mb=env.options.guest_mem_mb,
             smp=self.vcpus(env),
-            mem_path=env.lab.hugedir if env.options.guest_memory == "hugetlbfs" else None,
+            mem_path=Path(bed.hugedir(role)) if env.options.guest_memory == "hugetlbfs" else None,
             queues=self.queues,
             packed=self.packed,
-            incoming=f"tcp:{env.lab.migration_ip(role)}:{MIG_PORT}" if incoming else None,
+            incoming=(f"tcp:{bed.migration_ip(role)}:{bed.migration_port}" if incoming else None),
+            binary=bed.tools(role).qemu,
         )
-        return QemuVm(spec, rd, env.lab.ns(role))
+        return QemuVm(spec, env.rundir, bed.node(role))
 
     def _incoming(self, env: LabEnv, stack: ExitStack, role: str, leg: int) -> Side:
         vm = self._vm(env, role, leg, incoming=True)
@@ -195,7 +201,7 @@ class MigrationCase:
         try:
             vm.start()
         except SetupError as exc:
-            if not sock.exists():
+            if not vm.node.exists(sock):
                 raise StepFailed(
                     f"no vhost-user backend on the {role}: QEMU could not connect to {sock} ({exc})"
                 ) from exc

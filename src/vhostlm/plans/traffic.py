@@ -12,12 +12,12 @@ from dataclasses import asdict
 from typing import Any
 
 from vhostlm.apps.guest import GUEST_IP
-from vhostlm.apps.process import Process
 from vhostlm.apps.qemu import GUEST_MAC
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements, tcpdump_argv
 from vhostlm.measure.outage import analyse, largest_gap
 from vhostlm.measure.tester import PROGRESS_RE, Tester
+from vhostlm.nodes.base import NodeProcess
 from vhostlm.plans.env import LabEnv
 from vhostlm.report.results import MigrationFigures
 from vhostlm.testbed.lab import TESTER_NET
@@ -37,22 +37,25 @@ class Traffic:
     """The tester stream and the announce sniffer of one case; stopped by the case's stack."""
 
     def __init__(self, case: str, env: LabEnv, stack: ExitStack) -> None:
-        lab, opts = env.lab, env.options
+        bed, opts = env.bed, env.options
         self.pps = opts.rate
         probe_ips = (f"{TESTER_NET}.3", GUEST_IP) if opts.probes else None
+        iface = bed.nic("tester").interface or "eth0"
         self.tester = Tester(
-            f"{case}-tester", env.rundir, lab.ns("tester"), lab.port("tester"),
-            opts.dst_mac, self.pps, probe_ips,
+            f"{case}-tester", env.rundir, bed.node("tester"), iface, opts.dst_mac, self.pps,
+            probe_ips, bed.tools("tester").python, bed.workdir("tester"),
         )  # fmt: skip
-        self.sniffers = {
-            role: Process(
-                f"{case}-announce-{role}",
-                tcpdump_argv(f"p-{role}", GUEST_MAC),
-                env.rundir,
-                netns=lab.ns("switch"),
-            )
-            for role in ("host", "backup")
-        }
+        # one tcpdump per place to watch; roles watched at the same place share it
+        by_place: dict[tuple[str, str], NodeProcess] = {}
+        self.sniffers: dict[str, NodeProcess] = {}
+        for role, (node, where) in bed.sniff_points().items():
+            key = (node.label, where)
+            if key not in by_place:
+                by_place[key] = node.process(
+                    f"{case}-announce-{role}", tcpdump_argv(where, GUEST_MAC), env.rundir
+                )
+            self.sniffers[role] = by_place[key]
+        self._sniffer_list = list(by_place.values())
         self.leg_dest: list[str] = []
         self.legs: list[dict[str, float]] = []
         self._data: dict[str, Any] | None = None
@@ -60,7 +63,7 @@ class Traffic:
 
     def start(self) -> None:
         """Start the sniffer (ready once tcpdump listens), then the tester."""
-        for sniffer in self.sniffers.values():
+        for sniffer in self._sniffer_list:
             sniffer.start()
             sniffer.expect(r"listening on", 15)
         self.tester.start()
@@ -99,7 +102,7 @@ class Traffic:
         """Stop the tester and the sniffer (once)."""
         if self._data is None:
             self._data = self.tester.stop()
-            for sniffer in self.sniffers.values():
+            for sniffer in self._sniffer_list:
                 sniffer.stop()
 
     def _leg_figures(

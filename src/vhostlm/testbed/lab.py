@@ -15,26 +15,55 @@ import json
 from pathlib import Path
 
 from vhostlm.errors import SetupError
+from vhostlm.nodes.base import Node
+from vhostlm.nodes.local import LocalNode
 from vhostlm.rundir import RunDir
 from vhostlm.testbed import hugepages
 from vhostlm.testbed.shell import run
+from vhostlm.testbed.topology import ROLES, Nic, Topology
 
 NS_PREFIX = "vhostlm-"
-ROLES = ("host", "backup", "tester")
 MIG_NET = "198.18.0"
 TESTER_NET = "198.18.1"
-MIG_PORT = 4444
 
 
-class Lab:
+class Lab(Topology):
     """One run's namespaces, links, hugetlbfs mount and hugepage reservation."""
+
+    kind = "lab"
 
     def __init__(self, rundir: RunDir) -> None:
         self.rundir = rundir
         self.run_id = rundir.run_id
-        self.hugedir = rundir.runtime / "huge"
+        self.hugepath = rundir.runtime / "huge"
         self._state_path = rundir.runtime / "lab.json"
         self.state: dict[str, object] = {"run_id": self.run_id, "netns": [], "added_pages": 0}
+        self.image: tuple[str, str] = ("", "")  # set by the runner once the image is built
+
+    def node(self, role: str) -> Node:
+        """The namespace of `role` as a local node."""
+        return LocalNode(role, self.ns(role))
+
+    def nic(self, role: str) -> Nic:
+        """The role's veth to the switch, used through af_packet."""
+        return Nic(interface=self.port(role))
+
+    def hugedir(self, role: str) -> str:
+        """The run's own hugetlbfs mount, shared by every role."""
+        return str(self.hugepath)
+
+    def workdir(self, role: str) -> str:
+        """The run's socket directory (all roles share this machine's filesystem)."""
+        return str(self.rundir.sockets)
+
+    def guest_files(self, role: str) -> tuple[str, str]:
+        """The cached image, used in place."""
+        return self.image
+
+    def sniff_points(self) -> dict[str, tuple[Node, str]]:
+        """The host's and backup's ports on the switch."""
+        switch = LocalNode("switch", self.ns("switch"))
+        return {role: (switch, f"p-{role}") for role in ("host", "backup")}
 
     def ns(self, role: str) -> str:
         """Name of the namespace playing `role` (host, backup, tester, switch)."""
@@ -45,8 +74,7 @@ class Lab:
         """The role's switch-facing interface (the 'physical port' of the seed)."""
         return "eth0"
 
-    @staticmethod
-    def migration_ip(role: str) -> str:
+    def migration_ip(self, role: str) -> str:
         """Address of the role on the host-backup migration link."""
         return f"{MIG_NET}.{ {'host': 1, 'backup': 2}[role] }"
 
@@ -91,7 +119,7 @@ class Lab:
             self._save()
             self.state["added_pages"] = hugepages.reserve(pages)
             self._save()
-            self.hugedir.mkdir(exist_ok=True)
+            self.hugepath.mkdir(exist_ok=True)
             run(
                 [
                     "mount",
@@ -100,10 +128,10 @@ class Lab:
                     "-o",
                     "pagesize=2M,mode=0700",
                     "hugetlbfs",
-                    str(self.hugedir),
+                    str(self.hugepath),
                 ]
             )
-            self.state["mount"] = str(self.hugedir)
+            self.state["mount"] = str(self.hugepath)
             self._save()
             switch = self.ns("switch")
             for role in (*ROLES, "switch"):

@@ -1,0 +1,84 @@
+"""What a plan needs from a testbed, whether the embedded lab or three servers over SSH.
+
+The cases ask a `Topology` for the node playing a role, its port, its hugepage mount,
+where its run files go and how the migration reaches the backup; they never look at how
+the testbed was built.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from vhostlm.nodes.base import Node
+
+ROLES = ("host", "backup", "tester")
+MIG_PORT = 4444
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A role's port to the switch: a kernel interface (af_packet) or a PCI device."""
+
+    interface: str | None = None
+    pci: str | None = None
+    driver: str | None = None  # for a PCI device: vfio-pci, igb_uio, uio_pci_generic
+
+    def testpmd_ports(self, queues: int) -> tuple[list[str], list[str]]:
+        """(vdevs, EAL arguments) that give testpmd this port."""
+        if self.pci:
+            return [], ["-a", self.pci]
+        return [f"net_af_packet0,iface={self.interface},qpairs={queues}"], []
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Where a node's programs are."""
+
+    qemu: str = "qemu-system-x86_64"
+    testpmd: str = "dpdk-testpmd"
+    python: str = sys.executable
+
+
+class Topology(ABC):
+    """Roles, their nodes and resources for one run."""
+
+    kind = ""  # "lab" | "ssh"
+    migration_port = MIG_PORT
+
+    @abstractmethod
+    def node(self, role: str) -> Node:
+        """The node playing `role` (host, backup, tester)."""
+
+    @abstractmethod
+    def nic(self, role: str) -> Nic:
+        """The role's port to the switch."""
+
+    @abstractmethod
+    def hugedir(self, role: str) -> str:
+        """The hugetlbfs mount guests and testpmd use on the role's node."""
+
+    @abstractmethod
+    def migration_ip(self, role: str) -> str:
+        """The role's address on the migration network."""
+
+    @abstractmethod
+    def workdir(self, role: str) -> str:
+        """This run's private directory on the role's node (sockets, copied files)."""
+
+    @abstractmethod
+    def guest_files(self, role: str) -> tuple[str, str]:
+        """(kernel, initrd) of the guest on the role's node."""
+
+    @abstractmethod
+    def sniff_points(self) -> dict[str, tuple[Node, str]]:
+        """Where announcements of the guest are seen: destination role -> (node, iface)."""
+
+    def tools(self, role: str) -> Tools:
+        """Where the role's programs are (defaults: found on PATH)."""
+        return Tools()
+
+    def socket_path(self, role: str, name: str) -> str:
+        """A unix socket path in the run's directory on the role's node."""
+        return f"{self.workdir(role)}/{name}"
