@@ -9,12 +9,16 @@ import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vhostlm.errors import SetupError, UsageError
 from vhostlm.plans.catalog import PLANS, plan_of, select_cases
 from vhostlm.plans.env import PROBE_PPS, SEED_PPS, RunOptions
 from vhostlm.report.progress import Progress
 from vhostlm.report.summary import render_summary
+
+if TYPE_CHECKING:
+    from vhostlm.testbed.lab import Lab
 
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -174,6 +178,17 @@ def build_parser() -> Parser:
     run.add_argument(
         "--cpu", default="", help="guest CPU model (default: host under KVM, Nehalem under TCG)"
     )
+    run.add_argument(
+        "--testbed",
+        type=Path,
+        metavar="FILE",
+        help="run on the servers of this testbed file (over SSH) instead of the embedded lab",
+    )
+
+    doctor = sub.add_parser(
+        "doctor", help="check that a testbed (or this machine) can run the plan"
+    )
+    doctor.add_argument("--testbed", type=Path, metavar="FILE", help="the testbed file to check")
 
     sub.add_parser("list", help="list the cases")
 
@@ -183,7 +198,13 @@ def build_parser() -> Parser:
 
     lab = sub.add_parser("lab", help="the embedded lab on its own")
     lab_sub = lab.add_subparsers(dest="lab_command", parser_class=Parser)
-    lab_sub.add_parser("up", help="create a lab and leave it running")
+    up = lab_sub.add_parser("up", help="create a lab and leave it running")
+    up.add_argument(
+        "--ssh",
+        action="store_true",
+        help="also run sshd in each namespace and write a testbed file to drive it over SSH",
+    )
+    up.add_argument("--output", type=Path, metavar="DIR", help="where to write (default results/)")
     down = lab_sub.add_parser("down", help="remove labs whose run is gone")
     down.add_argument("ids", nargs="*", help="run ids to remove (default: every orphaned lab)")
     down.add_argument("--all", action="store_true", help="also labs of runs still in progress")
@@ -222,7 +243,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpu=args.cpu,
     )
     with Progress() as progress:
-        result = run_plan(cases, options, args.output, progress, junit=args.junit)
+        result = run_plan(
+            cases, options, args.output, progress, junit=args.junit, testbed=args.testbed
+        )
     print(render_summary(result, color=sys.stdout.isatty()))
     return result.exit_code
 
@@ -260,9 +283,16 @@ def cmd_lab(args: argparse.Namespace) -> int:
     check_root()
     if args.lab_command == "up":
         run_id = secrets.token_hex(3)
-        rundir = RunDir(Path("results") / f"lab-{run_id}", run_id)
-        lab = Lab(rundir).up(hugepages_needed(RunOptions()))
+        rundir = RunDir(args.output or Path("results") / f"lab-{run_id}", run_id)
+        try:
+            lab = Lab(rundir).up(hugepages_needed(RunOptions()))
+            testbed = start_ssh_lab_for(lab) if args.ssh else None
+        except BaseException:
+            teardown_runtime(rundir.runtime)
+            raise
         print(json.dumps(lab.status(), indent=1))
+        if testbed is not None:
+            print(f"testbed file: {testbed}\nrun over SSH with: vhostlm run --testbed {testbed}")
         print(f"lab {run_id} is up; remove it with: vhostlm lab down {run_id}")
         return 0
     if args.lab_command == "down":
@@ -288,6 +318,46 @@ def cmd_lab(args: argparse.Namespace) -> int:
             print("no labs")
         return 0
     raise UsageError("lab: say up, down or status")
+
+
+def start_ssh_lab_for(lab: Lab) -> Path:
+    """sshd in the lab's namespaces, with the accelerator this machine can use."""
+    from vhostlm.apps.accel import probe_accel
+    from vhostlm.runner import CACHE_DIR, image
+    from vhostlm.testbed.sshlab import start_ssh_lab
+
+    with Progress() as progress:
+        img = image(progress)
+    accel = probe_accel(img, lab.rundir, CACHE_DIR / "accel.json")
+    return start_ssh_lab(lab, accel, sys.executable)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """`vhostlm doctor [--testbed FILE]`: the table of checks; 0 only when all can run."""
+    import shutil
+    import tempfile
+
+    from vhostlm.doctor import check_local, check_testbed
+    from vhostlm.rundir import RunDir
+    from vhostlm.runner import node_hugepage_mb
+    from vhostlm.testbed.cleanup import teardown_runtime
+    from vhostlm.testbed.model import load_testbed
+
+    if args.testbed is None:
+        doc = check_local()
+    else:
+        load_testbed(args.testbed)  # a bad file is a usage error before anything starts
+        out = Path(tempfile.mkdtemp(prefix="vhostlm-doctor-"))
+        rundir = RunDir(out, secrets.token_hex(3))
+        try:
+            doc = check_testbed(args.testbed, rundir, node_hugepage_mb(RunOptions()))
+        finally:
+            teardown_runtime(rundir.runtime)
+            shutil.rmtree(out, ignore_errors=True)
+    print(doc.table())
+    verdict = "can run the plan" if doc.ok else "cannot run the plan: fix the FAIL lines"
+    print(f"{'testbed ' + str(args.testbed) if args.testbed else 'this machine'} {verdict}")
+    return 0 if doc.ok else 1
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -316,7 +386,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_lab(args)
         if args.command == "image":
             return cmd_image(args)
-        raise UsageError("say what to do: run, list, report, lab or image (see `vhostlm --help`)")
+        if args.command == "doctor":
+            return cmd_doctor(args)
+        raise UsageError(
+            "say what to do: run, list, report, lab, image or doctor (see `vhostlm --help`)"
+        )
     except UsageError as exc:
         print(f"vhostlm: error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from vhostlm import __version__
-from vhostlm.apps.accel import probe_accel
+from vhostlm.apps.accel import boots_under_kvm, probe_accel
 from vhostlm.image.build import GuestImage, build_image
 from vhostlm.plans.env import LabEnv, RunOptions
 from vhostlm.plans.migration import TESTPMD_MB, MigrationCase
@@ -26,6 +26,9 @@ from vhostlm.rundir import RunDir
 from vhostlm.testbed import hugepages
 from vhostlm.testbed.cleanup import teardown_runtime
 from vhostlm.testbed.lab import Lab
+from vhostlm.testbed.model import load_testbed
+from vhostlm.testbed.remote import RemoteBed
+from vhostlm.testbed.topology import Topology
 
 CACHE_DIR = Path(os.environ.get("VHOSTLM_CACHE", "/var/cache/vhostlm"))
 
@@ -63,22 +66,41 @@ def image(progress: Progress) -> GuestImage:
     return build_image(CACHE_DIR / "images", log=progress.note)
 
 
+def node_hugepage_mb(options: RunOptions) -> int:
+    """Hugepage memory one testbed server needs: a guest and a vhost testpmd at a time."""
+    return options.guest_mem_mb + TESTPMD_MB + 64
+
+
+def _remote_accel(bed: RemoteBed, rundir: RunDir) -> str:
+    """The testbed file's accel, or `auto`: KVM when the guest really boots under it."""
+    wanted = bed.spec.guest.accel
+    if wanted != "auto":
+        return wanted
+    kernel, initrd = bed.guest_files("host")
+    host = bed.node("host")
+    return "kvm" if boots_under_kvm(host, kernel, initrd, rundir, bed.tools("host").qemu) else "tcg"
+
+
 def run_plan(
     cases: list[type[MigrationCase]],
     options: RunOptions,
     output: Path | None,
     progress: Progress,
     junit: Path | None = None,
+    testbed: Path | None = None,
 ) -> RunResult:
-    """Run `cases` on a fresh embedded lab; the lab is gone when this returns or raises."""
-    preflight()
-    hugepages.check_available(hugepages_needed(options))
+    """Run `cases` on a fresh embedded lab, or on the servers of a `testbed` file; the lab
+    is gone (ports restored, run directories removed) when this returns or raises."""
+    spec = load_testbed(testbed) if testbed is not None else None
+    if spec is None:
+        preflight()
+        hugepages.check_available(hugepages_needed(options))
     started = time.monotonic()
     out = (output or default_output()).resolve()
     rundir = RunDir(out, secrets.token_hex(3))
     result = RunResult(
         started=now_iso(),
-        testbed="lab",
+        testbed="lab" if testbed is None else f"ssh:{testbed}",
         command=sys.argv,
         output_dir=str(out),
         run_id=rundir.run_id,
@@ -90,6 +112,7 @@ def run_plan(
         sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     progress.note(f"run {rundir.run_id}: output in {out}")
+    remote: RemoteBed | None = None
     try:
         progress.phase("setup", "image")
         t = time.monotonic()
@@ -102,16 +125,30 @@ def run_plan(
             "dpdk": img.dpdk_version,
             "guest_kernel": img.kernel_version,
         }
-        progress.phase("setup", "lab")
+        progress.phase("setup", "lab" if spec is None else "testbed")
         t = time.monotonic()
-        lab = Lab(rundir).up(hugepages_needed(options), learning=options.switch_learning)
-        lab.image = (str(img.kernel), str(img.initrd))
+        bed: Topology
+        if spec is None:
+            lab = Lab(rundir).up(hugepages_needed(options), learning=options.switch_learning)
+            lab.image = (str(img.kernel), str(img.initrd))
+            bed = lab
+        else:
+            remote = RemoteBed(spec, str(testbed), rundir)
+            bed = remote.up(img, node_hugepage_mb(options))
+            host = remote.node("host")
+            result.versions["qemu"] = host.run([remote.tools("host").qemu, "--version"]).split(
+                "\n"
+            )[0]
+            result.host.update(remote.facts)
         result.phases["lab_s"] = round(time.monotonic() - t, 3)
         progress.phase("setup", "accel probe")
         t = time.monotonic()
-        result.accel = probe_accel(img, rundir, CACHE_DIR / "accel.json")
+        if remote is None:
+            result.accel = probe_accel(img, rundir, CACHE_DIR / "accel.json")
+        else:
+            result.accel = _remote_accel(remote, rundir)
         result.phases["accel_probe_s"] = round(time.monotonic() - t, 3)
-        env = LabEnv(rundir, lab, img, result.accel, options, progress)
+        env = LabEnv(rundir, bed, img, result.accel, options, progress)
         result.host["guest_cpu"] = env.cpu
         for case_type in cases:
             result.cases.append(case_type().run(env))
@@ -120,7 +157,8 @@ def run_plan(
             signal.signal(sig, signal.SIG_IGN)
         progress.phase("teardown", "cleanup")
         t = time.monotonic()
-        problems = teardown_runtime(rundir.runtime)
+        problems = remote.down() if remote is not None else []
+        problems += teardown_runtime(rundir.runtime)
         result.phases["teardown_s"] = round(time.monotonic() - t, 3)
         for problem in problems:
             progress.note(f"teardown: {problem}")

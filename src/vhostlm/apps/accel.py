@@ -12,22 +12,45 @@ import os
 import platform
 from pathlib import Path
 
-from vhostlm.apps.process import Process
 from vhostlm.apps.qemu import QEMU_BINARY
 from vhostlm.apps.stream import ExpectTimeout
 from vhostlm.errors import SetupError
 from vhostlm.image.build import READY_MARKER, GuestImage
+from vhostlm.nodes.base import Node
+from vhostlm.nodes.local import LocalNode
 from vhostlm.rundir import RunDir
 
 
-def probe_argv(image: GuestImage, binary: str = QEMU_BINARY) -> list[str]:
+def probe_argv(kernel: str, initrd: str, binary: str = QEMU_BINARY) -> list[str]:
     """A minimal KVM boot of the guest image, its console on stdout."""
     return [
         binary, "-machine", "pc,accel=kvm", "-cpu", "host", "-m", "512M", "-smp", "1",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+        "-kernel", kernel, "-initrd", initrd,
         "-append", "console=ttyS0 panic=-1 quiet", "-nodefaults", "-no-user-config",
         "-display", "none", "-serial", "stdio", "-no-reboot",
     ]  # fmt: skip
+
+
+def boots_under_kvm(
+    node: Node,
+    kernel: str,
+    initrd: str,
+    rundir: RunDir,
+    binary: str = QEMU_BINARY,
+    timeout: float = 15.0,
+) -> bool:
+    """True when the guest reaches its ready marker under KVM on `node` within `timeout`."""
+    if node.execute(["test", "-w", "/dev/kvm"]).status != 0:
+        return False
+    proc = node.process(f"kvm-probe-{node.name}", probe_argv(kernel, initrd, binary), rundir)
+    try:
+        proc.start()
+        proc.expect(READY_MARKER, timeout)
+        return True
+    except (ExpectTimeout, SetupError):
+        return False
+    finally:
+        proc.stop(timeout=2)
 
 
 def _cache_key(image: GuestImage) -> str:
@@ -50,15 +73,9 @@ def probe_accel(image: GuestImage, rundir: RunDir, cache: Path, timeout: float =
             return str(cached["accel"])
     except (OSError, ValueError):
         pass
-    proc = Process("kvm-probe", probe_argv(image), rundir)
-    try:
-        proc.start()
-        proc.expect(READY_MARKER, timeout)
-        accel = "kvm"
-    except (ExpectTimeout, SetupError):
-        accel = "tcg"
-    finally:
-        proc.stop(timeout=2)
+    node = LocalNode("host")
+    booted = boots_under_kvm(node, str(image.kernel), str(image.initrd), rundir, timeout=timeout)
+    accel = "kvm" if booted else "tcg"
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "accel": accel}))
     return accel

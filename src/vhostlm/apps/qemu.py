@@ -122,7 +122,7 @@ class QemuVm:
         except Exception as exc:
             self.process.wait(1)
             text = self.process.output.text().strip().splitlines()
-            why = text[-1] if text else str(exc)
+            why = f"{exc}; QEMU said: {text[-1]}" if text else str(exc)
             raise SetupError(f"QEMU {self.spec.name} did not start: {why}") from exc
         return self
 

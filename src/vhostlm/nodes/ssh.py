@@ -164,8 +164,10 @@ class SshNode(Node):
     def put(self, local: Path, remote: str) -> None:
         """Copy a file to the server with SFTP."""
 
+        conn = self.conn  # connect here: the loop thread must not wait on itself
+
         async def copy() -> None:
-            async with self.conn.start_sftp_client() as sftp:
+            async with conn.start_sftp_client() as sftp:
                 await sftp.put(str(local), remote)
 
         try:
@@ -176,8 +178,10 @@ class SshNode(Node):
     def get(self, remote: str, local: Path) -> None:
         """Copy a file from the server with SFTP."""
 
+        conn = self.conn
+
         async def copy() -> None:
-            async with self.conn.start_sftp_client() as sftp:
+            async with conn.start_sftp_client() as sftp:
                 await sftp.get(remote, str(local))
 
         try:
@@ -240,9 +244,10 @@ class SshProcess:
         """Start the program on the node and learn its pid."""
         self.rundir.record_command(f"{self.name} on {self.node.label}", self.argv)
         cmd = self.node.command([*WRAPPER, *self.argv])
+        conn = self.node.conn
 
         async def open_proc() -> asyncssh.SSHClientProcess[str]:
-            return await self.node.conn.create_process(
+            return await conn.create_process(
                 cmd,
                 term_type="dumb",
                 term_size=(250, 50),

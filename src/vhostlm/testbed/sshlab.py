@@ -1,0 +1,139 @@
+"""The embedded lab reached over SSH: sshd in each namespace and a testbed file for it.
+
+`vhostlm lab up --ssh` gives users (and CI) three "servers" on one machine: every role's
+namespace gets a management veth from this machine's namespace, its own sshd with a host
+key made for the run, and accepts one client key made for the run. The testbed file it
+writes drives the same cases through the SSH path as on real hardware.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from vhostlm.errors import SetupError
+from vhostlm.rundir import RunDir, proc_starttime
+from vhostlm.testbed.lab import MIG_NET, Lab
+from vhostlm.testbed.shell import run
+from vhostlm.testbed.topology import ROLES
+
+SSHD = "/usr/sbin/sshd"
+MGMT_NET = "198.19"  # 198.19.<k>.0/24, a /30 per role
+
+
+def _free_subnet(run_id: str) -> int:
+    """A third octet no address of this machine uses yet (derived from the run id)."""
+    used = run(["ip", "-4", "-o", "addr", "show"])
+    start = int(run_id[:2], 16)
+    for k in (start + i for i in range(256)):
+        if f" {MGMT_NET}.{k % 256}." not in used:
+            return k % 256
+    raise SetupError(f"no free /24 left in {MGMT_NET}.0.0/16 for the SSH lab")
+
+
+def _keygen(path: Path, comment: str) -> str:
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return path.with_suffix(".pub").read_text().strip()
+
+
+def sshd_config(addr: str, host_key: Path, authorized: Path, pid_file: Path) -> str:
+    """A minimal sshd configuration: root by key only, this address only, SFTP on."""
+    return "\n".join(
+        [
+            f"ListenAddress {addr}",
+            "Port 22",
+            f"HostKey {host_key}",
+            f"AuthorizedKeysFile {authorized}",
+            f"PidFile {pid_file}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "AllowTcpForwarding local",
+            "AllowStreamLocalForwarding yes",
+            "X11Forwarding no",
+            "Subsystem sftp internal-sftp",
+            "LogLevel VERBOSE",
+            "",
+        ]
+    )
+
+
+def start_sshd(rundir: RunDir, netns: str, config: Path, log: Path, timeout: float = 15.0) -> int:
+    """Start sshd in `netns` (recorded for teardown); wait for its listening line."""
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation directory
+    argv = ["ip", "netns", "exec", netns, SSHD, "-D", "-e", "-f", str(config)]
+    rundir.record_command(f"sshd-{netns}", argv)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
+    rundir.record("pids", [proc.pid, proc_starttime(proc.pid)])
+    deadline = time.monotonic() + timeout
+    while "Server listening" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise SetupError(f"sshd in {netns} did not start: {' '.join(tail) or 'no output'}")
+        time.sleep(0.05)
+    return proc.pid
+
+
+def start_ssh_lab(lab: Lab, accel: str, python: str) -> Path:
+    """sshd in each role's namespace; write and return the testbed file for them."""
+    if not Path(SSHD).exists():
+        raise SetupError(f"{SSHD} not found: apt-get install openssh-server")
+    rundir = lab.rundir
+    keys = rundir.runtime / "ssh"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    client_pub = _keygen(keys / "id_ed25519", f"vhostlm-{lab.run_id}")
+    authorized = keys / "authorized_keys"
+    authorized.write_text(client_pub + "\n")
+    os.chmod(authorized, 0o600)
+    k = _free_subnet(lab.run_id)
+    known: list[str] = []
+    nodes: dict[str, object] = {}
+    for i, role in enumerate(ROLES):
+        ns, host_if = lab.ns(role), f"vl{lab.run_id}{role[0]}"
+        outside, inside = f"{MGMT_NET}.{k}.{4 * i + 1}", f"{MGMT_NET}.{k}.{4 * i + 2}"
+        run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "mgmt0", "netns", ns])
+        run(["ip", "addr", "add", f"{outside}/30", "dev", host_if])
+        run(["ip", "link", "set", host_if, "up"])
+        run(["ip", "-n", ns, "addr", "add", f"{inside}/30", "dev", "mgmt0"])
+        run(["ip", "-n", ns, "link", "set", "mgmt0", "up"])
+        host_key = keys / f"host_{role}"
+        known.append(f"{inside} {_keygen(host_key, role)}")
+        config = keys / f"sshd_{role}.conf"
+        config.write_text(sshd_config(inside, host_key, authorized, keys / f"sshd_{role}.pid"))
+        start_sshd(rundir, ns, config, rundir.log_path(f"sshd-{role}"))
+        nodes[role] = {
+            "ssh": {"address": inside, "user": "root", "key": str(keys / "id_ed25519"),
+                    "known_hosts": str(keys / "known_hosts")},
+            "port": {"interface": lab.port(role)},
+            "hugepages": {"mount": lab.hugedir(role)},
+            "python": python,
+            "workdir": str(rundir.runtime / f"node-{role}"),
+        }  # fmt: skip
+    (keys / "known_hosts").write_text("\n".join(known) + "\n")
+    testbed = {
+        "nodes": nodes,
+        "migration": {"host": f"{MIG_NET}.1", "backup": f"{MIG_NET}.2", "port": 4444},
+        "guest": {"accel": accel},
+    }
+    path = rundir.path / "testbed.yaml"
+    header = f"# the SSH lab {lab.run_id}; remove it with: vhostlm lab down {lab.run_id}\n"
+    path.write_text(header + yaml.safe_dump(testbed, sort_keys=False))
+    return path
+
+
+def mgmt_addresses(testbed: Path) -> dict[str, str]:
+    """role -> SSH address, read back from a testbed file written by start_ssh_lab."""
+    data = yaml.safe_load(testbed.read_text())
+    return {role: str(node["ssh"]["address"]) for role, node in data["nodes"].items()}
+
+
+ADDR_RE = re.compile(rf"^{re.escape(MGMT_NET)}\.\d+\.\d+$")
