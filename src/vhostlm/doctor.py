@@ -100,7 +100,8 @@ class Doctor:
             self.add(role, f"pmd {pmd}", bool(found), found or "not found",
                      "" if found else f"apt-get install {package}")  # fmt: skip
         kvm = node.execute(["test", "-w", "/dev/kvm"]).status == 0
-        self.add(role, "kvm", True if kvm else None, "/dev/kvm present (a boot probe decides)" if kvm else "TCG only",
+        detail = "/dev/kvm present (a boot probe decides)" if kvm else "TCG only"
+        self.add(role, "kvm", True if kvm else None, detail,
                  "" if kvm else "guests run slower under TCG")  # fmt: skip
 
     def hugepages(self, role: str, node: Node, mount: str, need_mb: int) -> None:

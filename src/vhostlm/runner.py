@@ -111,8 +111,15 @@ def run_plan(
     previous = {
         sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
     }
-    progress.note(f"run {rundir.run_id}: output in {out}")
     remote: RemoteBed | None = None
+    if spec is not None:  # unreachable nodes and missing programs: one line, nothing started
+        remote = RemoteBed(spec, str(testbed), rundir)
+        try:
+            remote.reach()
+        except BaseException:
+            teardown_runtime(rundir.runtime)
+            raise
+    progress.note(f"run {rundir.run_id}: output in {out}")
     try:
         progress.phase("setup", "image")
         t = time.monotonic()
@@ -133,7 +140,7 @@ def run_plan(
             lab.image = (str(img.kernel), str(img.initrd))
             bed = lab
         else:
-            remote = RemoteBed(spec, str(testbed), rundir)
+            assert remote is not None
             bed = remote.up(img, node_hugepage_mb(options))
             host = remote.node("host")
             result.versions["qemu"] = host.run([remote.tools("host").qemu, "--version"]).split(

@@ -115,14 +115,23 @@ class RemoteBed(Topology):
         return Tools(qemu=spec.qemu, testpmd=spec.testpmd, python=spec.python)
 
     # set-up and teardown -------------------------------------------------------------
-    def up(self, image: GuestImage, hugepage_mb: int) -> RemoteBed:
-        """Connect, check programs and hugepages, bind ports, copy the guest; undo on failure."""
+    def reach(self) -> RemoteBed:
+        """Connect to every node and check its programs: the usage errors, before any set-up."""
         try:
             for role in ROLES:
                 node = self.nodes[role]
                 if isinstance(node, SshNode):
                     node.connect()
                 self._check_tools(role)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def up(self, image: GuestImage, hugepage_mb: int) -> RemoteBed:
+        """Check hugepages, bind ports, copy the guest (after `reach`); undo on failure."""
+        try:
+            for role in ROLES:
                 self._make_workdir(role)
             for role in ("host", "backup"):
                 self._check_hugepages(role, hugepage_mb)

@@ -1,0 +1,132 @@
+"""The SSH path for real: sshd in each lab namespace, the seed plan driven over SSH.
+
+`vhostlm lab up --ssh` starts an sshd per role with keys made for the lab and writes a
+testbed file; the same cases then run through asyncssh (commands, pty programs, SFTP,
+unix-socket forwarding) exactly as on three servers.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import leftovers, load, processes_mentioning, vhostlm
+from vhostlm.report.results import validate_results
+
+RUNTIME = Path("/run/vhostlm")
+
+
+@pytest.fixture(scope="module")
+def ssh_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(lab id, testbed file) of an SSH lab, removed after the module."""
+    out = tmp_path_factory.mktemp("sshlab")
+    proc = vhostlm("lab", "up", "--ssh", "--output", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lab_id = re.search(r"lab (\w+) is up", proc.stdout)
+    assert lab_id, proc.stdout
+    try:
+        yield lab_id[1], out / "testbed.yaml"
+    finally:
+        down = vhostlm("lab", "down", lab_id[1])
+        assert down.returncode == 0, down.stderr
+        assert leftovers(lab_id[1]) == []
+
+
+def variant(testbed: Path, tmp_path: Path, change: dict[str, object], role: str) -> Path:
+    """A copy of the testbed file with `change` merged into node `role`."""
+    data = yaml.safe_load(testbed.read_text())
+    for key, value in change.items():
+        if isinstance(value, dict):
+            data["nodes"][role][key].update(value)
+        else:
+            data["nodes"][role][key] = value
+    path = tmp_path / "testbed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_doctor_passes_on_the_ssh_lab(ssh_lab: tuple[str, Path]) -> None:
+    """Every node reachable as root, QEMU/testpmd/PMDs found, hugepages, migration port."""
+    proc = vhostlm("doctor", "--testbed", str(ssh_lab[1]), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "can run the plan" in proc.stdout
+    for role in ("host", "backup", "tester"):
+        assert re.search(rf"^{role}\s+reachable\s+ok", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^host->backup\s+migration\s+ok", proc.stdout, re.M), proc.stdout
+
+
+def test_seed_plan_over_ssh_passes_and_leaves_nothing(
+    ssh_lab: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Both seed cases pass through SSH; the nodes' run directories and processes are gone."""
+    lab_id, testbed = ssh_lab
+    out = tmp_path / "run"
+    proc = vhostlm("run", "--testbed", str(testbed), "--output", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = load(out / "results.json")
+    assert validate_results(data) == []
+    assert data["testbed"] == f"ssh:{testbed}"
+    assert [c["verdict"] for c in data["cases"]] == ["pass", "pass"]
+    for case in data["cases"]:
+        assert case["measure"]["replies"] > 0
+        assert case["measure"]["legs"][0]["status"] == "completed"
+    commands = (out / "commands.sh").read_text()
+    assert "on host (root@198.19." in commands and "on backup (root@198.19." in commands
+    run_id = data["run_id"]
+    assert leftovers(run_id) == []
+    assert processes_mentioning(f"vhostlm-{run_id}") == []
+    for role in ("host", "backup", "tester"):
+        workdir = Path(f"/run/vhostlm/{lab_id}/node-{role}")
+        assert list(workdir.iterdir()) == [], f"{role} kept {list(workdir.iterdir())}"
+
+
+@pytest.mark.parametrize(
+    ("role", "change", "expected"),
+    [
+        ("host", {"ssh": {"port": 2222}}, r"node host: 198\.19\.\S+:2222 refused the connection"),
+        (
+            "backup",
+            {"qemu": "/nonexistent/qemu-system-x86_64"},
+            r"node backup: /nonexistent/qemu-system-x86_64 not found on backup \(root@",
+        ),
+        ("tester", {"python": "no-such-python3"}, r"node tester: no-such-python3 not found"),
+    ],  # fmt: skip
+    ids=["refused", "missing-binary", "missing-python"],
+)
+def test_bad_node_gives_one_line_naming_it(
+    ssh_lab: tuple[str, Path], tmp_path: Path, role: str, change: dict[str, object], expected: str
+) -> None:
+    """A node that cannot be used stops the run before anything starts, exit 2."""
+    path = variant(ssh_lab[1], tmp_path, change, role)
+    before = set(RUNTIME.iterdir())
+    proc = vhostlm("run", "--testbed", str(path), "--output", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert re.search(expected, lines[0]), lines[0]
+    assert set(RUNTIME.iterdir()) <= before  # no run directory left behind
+
+
+def test_wrong_host_key_is_refused(ssh_lab: tuple[str, Path], tmp_path: Path) -> None:
+    """A host key that is not the one in known_hosts: one line naming the node, exit 2."""
+    testbed = yaml.safe_load(ssh_lab[1].read_text())
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)  # fmt: skip
+    other = (tmp_path / "k.pub").read_text().split()[:2]
+    addr = testbed["nodes"]["host"]["ssh"]["address"]
+    known = Path(testbed["nodes"]["host"]["ssh"]["known_hosts"]).read_text().splitlines()
+    lines = [ln if not ln.startswith(f"{addr} ") else f"{addr} {' '.join(other)}" for ln in known]
+    (tmp_path / "known_hosts").write_text("\n".join(lines) + "\n")
+    path = variant(ssh_lab[1], tmp_path, {"ssh": {"known_hosts": str(tmp_path / "known_hosts")}},
+                   "host")  # fmt: skip
+    proc = vhostlm("run", "--testbed", str(path), "--output", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert re.search(r"node host: host key of 198\.19\.\S+:22 is not the one in", lines[0])
