@@ -147,6 +147,8 @@ def run_plan(
                 "\n"
             )[0]
             result.host.update(remote.facts)
+            result.host["kernel"] = host.run(["uname", "-r"]).strip()
+            result.host["machine"] = host.run(["uname", "-m"]).strip()
         result.phases["lab_s"] = round(time.monotonic() - t, 3)
         progress.phase("setup", "accel probe")
         t = time.monotonic()

@@ -7,6 +7,7 @@ unix-socket forwarding) exactly as on three servers.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 from collections.abc import Iterator
@@ -64,19 +65,28 @@ def test_seed_plan_over_ssh_passes_and_leaves_nothing(
     ssh_lab: tuple[str, Path], tmp_path: Path
 ) -> None:
     """Both seed cases pass through SSH; the nodes' run directories and processes are gone."""
-    lab_id, testbed = ssh_lab
+    lab_id = ssh_lab[0]
+    disk = tmp_path / "shared-disk.img"  # the seed's NFS image: host and backup see one file
+    disk.write_bytes(b"vhostlm" * 4096)
+    data = yaml.safe_load(ssh_lab[1].read_text())
+    data["guest"]["disk"] = str(disk)
+    testbed = tmp_path / "testbed.yaml"
+    testbed.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
     proc = vhostlm("run", "--testbed", str(testbed), "--output", str(out), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = load(out / "results.json")
     assert validate_results(data) == []
     assert data["testbed"] == f"ssh:{testbed}"
+    assert data["host"]["guest_disk_sha256"] == hashlib.sha256(disk.read_bytes()).hexdigest()
+    assert data["host"]["guest_disk_mount_host"] == data["host"]["guest_disk_mount_backup"]
     assert [c["verdict"] for c in data["cases"]] == ["pass", "pass"]
     for case in data["cases"]:
         assert case["measure"]["replies"] > 0
         assert case["measure"]["legs"][0]["status"] == "completed"
     commands = (out / "commands.sh").read_text()
     assert "on host (root@198.19." in commands and "on backup (root@198.19." in commands
+    assert f"file={disk},if=none,id=disk0,format=raw,readonly=on" in commands
     run_id = data["run_id"]
     assert leftovers(run_id) == []
     assert processes_mentioning(f"vhostlm-{run_id}") == []

@@ -60,3 +60,10 @@ def test_destination_listens_for_incoming_and_shapes_pass_through() -> None:
     assert "queues=4" in opt(argv, "-netdev")[0]
     device = opt(argv, "-device")[0]
     assert "mq=on" in device and "packed=on" in device
+
+
+def test_shared_disk_is_attached_read_only() -> None:
+    assert "-drive" not in qemu_argv(spec())
+    argv = qemu_argv(spec(disk=Path("/nfs/guest.img")))
+    assert opt(argv, "-drive") == ["file=/nfs/guest.img,if=none,id=disk0,format=raw,readonly=on"]
+    assert "virtio-blk-pci,drive=disk0" in opt(argv, "-device")

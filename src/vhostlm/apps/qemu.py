@@ -40,6 +40,7 @@ class VmSpec:
     queues: int = 1
     packed: bool = False
     incoming: str | None = None
+    disk: Path | None = None  # a shared disk image (the seed's NFS one), attached read-only
     append: str = "console=ttyS0 hugepages=256 init_on_alloc=0 panic=-1 quiet"
     binary: str = QEMU_BINARY
 
@@ -82,6 +83,10 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-nodefaults",
         "-no-user-config",
     ]  # fmt: skip
+    if spec.disk is not None:
+        # read-only: source and destination open the same file on shared storage at once
+        argv += ["-drive", f"file={spec.disk},if=none,id=disk0,format=raw,readonly=on",
+                 "-device", "virtio-blk-pci,drive=disk0"]  # fmt: skip
     if spec.incoming:
         argv += ["-incoming", spec.incoming]
     return argv

@@ -191,6 +191,7 @@ class MigrationCase:
             packed=self.packed,
             incoming=(f"tcp:{bed.migration_ip(role)}:{bed.migration_port}" if incoming else None),
             binary=bed.tools(role).qemu,
+            disk=Path(disk) if (disk := bed.guest_disk()) else None,
         )
         return QemuVm(spec, env.rundir, bed.node(role))
 

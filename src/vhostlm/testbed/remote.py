@@ -109,6 +109,10 @@ class RemoteBed(Topology):
         iface = self._spec("tester").port.interface or ""
         return {role: (self.nodes["tester"], iface) for role in ("host", "backup")}
 
+    def guest_disk(self) -> str | None:
+        """The testbed file's shared disk image."""
+        return self.spec.guest.disk
+
     def tools(self, role: str) -> Tools:
         """Programs as named in the testbed file."""
         spec = self._spec(role)

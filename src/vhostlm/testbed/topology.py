@@ -75,6 +75,10 @@ class Topology(ABC):
     def sniff_points(self) -> dict[str, tuple[Node, str]]:
         """Where announcements of the guest are seen: destination role -> (node, iface)."""
 
+    def guest_disk(self) -> str | None:
+        """A disk image host and backup share, attached to the guest; None for none."""
+        return None
+
     def tools(self, role: str) -> Tools:
         """Where the role's programs are (defaults: found on PATH)."""
         return Tools()
