@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +141,47 @@ def test_wrong_host_key_is_refused(ssh_lab: tuple[str, Path], tmp_path: Path) ->
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert re.search(r"node host: host key of 198\.19\.\S+:22 is not the one in", lines[0])
+
+
+def marked_processes(run_id: str) -> list[str]:
+    """Processes started for run `run_id` on any node (SSH programs carry VHOSTLM_RUN)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if f"VHOSTLM_RUN={run_id}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
+
+
+def test_kill_9_mid_run_then_lab_down_cleans_the_nodes(
+    ssh_lab: tuple[str, Path], tmp_path: Path
+) -> None:
+    """vhostlm killed with SIGKILL while the guest runs: `lab down ID` reconnects with the
+    recorded testbed file and removes the nodes' processes and run directories."""
+    lab_id, testbed = ssh_lab
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vhostlm", "run", "--testbed", str(testbed), "--case",
+         "virtio_net", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "guest_receives" in line or "vhost_connected" in line:
+            break
+    else:
+        pytest.fail("the run ended before the guest was up: " + "".join(seen[-5:]))
+    run_id = re.search(r"run (\w+): output", "".join(seen))[1]  # type: ignore[index]
+    assert marked_processes(run_id), "no process of the run found on the nodes"
+    proc.kill()
+    proc.wait(10)
+    down = vhostlm("lab", "down", run_id)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert marked_processes(run_id) == []
+    assert leftovers(run_id) == []
+    for role in ("host", "backup", "tester"):
+        assert list(Path(f"/run/vhostlm/{lab_id}/node-{role}").iterdir()) == []

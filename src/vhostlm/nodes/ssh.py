@@ -228,8 +228,10 @@ class SshProcess:
         self.node = node
         self.name = name
         self.rundir = rundir
-        envs = [f"{k}={v}" for k, v in (env or {}).items()]
-        self.argv = (["env", *envs] if envs else []) + list(argv)
+        # VHOSTLM_RUN marks the process as this run's, so a later `lab down` can tell it
+        # from an unrelated process that reused its pid
+        marks = {"VHOSTLM_RUN": rundir.run_id, **(env or {})}
+        self.argv = ["env", *(f"{k}={v}" for k, v in marks.items()), *argv]
         self.output = OutputStream(name, rundir.log_path(name))
         self._proc: asyncssh.SSHClientProcess[str] | None = None
         self._pid = 0
@@ -268,7 +270,7 @@ class SshProcess:
         except SetupError as exc:
             raise SetupError(f"{self.name}: did not start on {self.node.label}: {exc}") from exc
         self._pid = int(found.group(1))
-        self.rundir.record("remote_pids", [self.node.label, self._pid])
+        self.rundir.record("remote_pids", [self.node.name, self._pid])
         return self
 
     async def _drain(self, proc: asyncssh.SSHClientProcess[str]) -> None:
@@ -332,5 +334,5 @@ class SshProcess:
         with contextlib.suppress(Exception):
             _Loop.get().call_soon_threadsafe(proc.close)
         self.wait(2)
-        self.rundir.forget("remote_pids", [self.node.label, self._pid])
+        self.rundir.forget("remote_pids", [self.node.name, self._pid])
         return self.returncode

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from vhostlm.rundir import RUNTIME_ROOT, proc_starttime
 from vhostlm.testbed.lab import NS_PREFIX, list_namespaces, teardown_lab
+from vhostlm.testbed.remote import recover_remote
 from vhostlm.testbed.shell import run
 
 
@@ -47,6 +48,7 @@ def teardown_runtime(runtime: Path) -> list[str]:
             resources = json.loads(res_path.read_text())
         except ValueError:
             resources = {}
+        problems += recover_remote(resources, runtime.name)
         for entry in reversed(resources.get("pids", [])):
             pid, start = (entry, None) if isinstance(entry, int) else (entry[0], entry[1])
             kill_recorded(int(pid), start)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from vhostlm.errors import SetupError, UsageError
 from vhostlm.image.build import GuestImage
@@ -16,19 +17,19 @@ from vhostlm.nodes.local import LocalNode
 from vhostlm.nodes.ssh import SshNode
 from vhostlm.rundir import RunDir
 from vhostlm.testbed import devbind
-from vhostlm.testbed.model import NodeSpec, TestbedSpec
+from vhostlm.testbed.model import NodeSpec, TestbedSpec, load_testbed
 from vhostlm.testbed.topology import ROLES, Nic, Tools, Topology
 
 SOCKET_MAX = 107  # sun_path is 108 bytes with its terminating NUL
 
 
-def make_node(role: str, spec: NodeSpec, rundir: RunDir) -> Node:
+def make_node(role: str, spec: NodeSpec, rundir: RunDir | None) -> Node:
     """The node object a node's spec describes (SSH, or local in an optional namespace)."""
     if spec.ssh is None:
         return LocalNode(role, spec.netns)
     ssh = spec.ssh
     node = SshNode(role, ssh.address, ssh.user, ssh.key, ssh.port, ssh.known_hosts, ssh.sudo)
-    node.local_sockets = rundir.sockets
+    node.local_sockets = rundir.sockets if rundir is not None else None
     return node
 
 
@@ -73,6 +74,7 @@ class RemoteBed(Topology):
         self._made: list[tuple[Node, str]] = []
         self._ready: set[str] = set()  # roles reached, with a run directory
         self.facts: dict[str, str] = {}  # what the run found out, for results.json
+        rundir.record("testbed", str(Path(source).resolve()))  # for `lab down` after a crash
 
     def _spec(self, role: str) -> NodeSpec:
         spec: NodeSpec = getattr(self.spec.nodes, role)
@@ -141,8 +143,9 @@ class RemoteBed(Topology):
                 self._check_hugepages(role, hugepage_mb)
                 nic = self.nic(role)
                 if nic.pci and nic.driver:
-                    self.bindings.append(devbind.bind(self.nodes[role], nic.pci, nic.driver))
-                    self.rundir.record("bound_ports", [self.nodes[role].label, nic.pci])
+                    binding = devbind.bind(self.nodes[role], nic.pci, nic.driver)
+                    self.bindings.append(binding)
+                    self.rundir.record("bound_ports", [role, nic.pci, binding.original])
                 self._copy_image(role, image)
             if self.spec.guest.disk:
                 disk = self._check_disk(self.spec.guest.disk)
@@ -175,7 +178,7 @@ class RemoteBed(Topology):
         node.run(["mkdir", "-p", "-m", "0700", path])
         self._made.append((node, path))
         self._ready.add(role)
-        self.rundir.record("remote_dirs", [node.label, path])
+        self.rundir.record("remote_dirs", [role, path])
 
     def _check_hugepages(self, role: str, need_mb: int) -> None:
         node, mount = self.nodes[role], self.hugedir(role)
@@ -230,14 +233,15 @@ class RemoteBed(Topology):
         for binding in reversed(self.bindings):
             try:
                 devbind.restore(binding)
-                self.rundir.forget("bound_ports", [binding.node.label, binding.pci])
+                entry = [binding.node.name, binding.pci, binding.original]
+                self.rundir.forget("bound_ports", entry)
             except SetupError as exc:
                 problems.append(str(exc))
         self.bindings.clear()
         for node, path in reversed(self._made):
             try:
                 node.run(["rm", "-rf", "--one-file-system", path])
-                self.rundir.forget("remote_dirs", [node.label, path])
+                self.rundir.forget("remote_dirs", [node.name, path])
             except SetupError as exc:
                 problems.append(str(exc))
         self._made.clear()
@@ -251,3 +255,40 @@ class RemoteBed(Topology):
         for node in self.nodes.values():
             node.close()
         return problems
+
+
+def recover_remote(resources: dict[str, Any], run_id: str) -> list[str]:
+    """Undo what a crashed run left on its testbed's nodes, from its records alone:
+    its processes (checked by their VHOSTLM_RUN mark), run directories and bound ports."""
+    pids, dirs, ports = (resources.get(k) or [] for k in ("remote_pids", "remote_dirs",
+                                                           "bound_ports"))  # fmt: skip
+    if not (pids or dirs or ports) or not resources.get("testbed"):
+        return []
+    try:
+        spec = load_testbed(Path(resources["testbed"][-1]))  # records are lists
+    except UsageError as exc:
+        return [f"cannot clean the testbed of run {run_id}: {exc}"]
+    nodes: dict[str, Node] = {}
+    problems: list[str] = []
+
+    def node(role: str) -> Node:
+        if role not in nodes:
+            nodes[role] = make_node(role, getattr(spec.nodes, role), None)
+        return nodes[role]
+
+    try:
+        for role, pid in pids:
+            mark = f"VHOSTLM_RUN={run_id}"
+            if node(role).execute(["grep", "-qz", mark, f"/proc/{pid}/environ"]).status == 0:
+                node(role).execute(["kill", "-9", str(pid)])
+        for role, pci, original in ports:
+            wanted = getattr(spec.nodes, role).port.driver or ""
+            devbind.restore(devbind.Binding(node(role), pci, wanted, original))
+        for role, path in dirs:
+            node(role).run(["rm", "-rf", "--one-file-system", path])
+    except (SetupError, UsageError) as exc:
+        problems.append(f"run {run_id}: {exc}")
+    finally:
+        for each in nodes.values():
+            each.close()
+    return problems
