@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from vhostlm.apps.console import SHELL_PROMPT
-from vhostlm.apps.process import Process
 from vhostlm.apps.qemu import QEMU_BINARY
 from vhostlm.image.build import build_image
+from vhostlm.nodes.process import Process
 from vhostlm.plans.env import TCG_CPU
 from vhostlm.rundir import RunDir
 from vhostlm.runner import CACHE_DIR

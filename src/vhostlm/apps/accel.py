@@ -13,11 +13,11 @@ import platform
 from pathlib import Path
 
 from vhostlm.apps.qemu import QEMU_BINARY
-from vhostlm.apps.stream import ExpectTimeout
 from vhostlm.errors import SetupError
 from vhostlm.image.build import READY_MARKER, GuestImage
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
+from vhostlm.nodes.stream import ExpectTimeout
 from vhostlm.rundir import RunDir
 
 

@@ -10,9 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from vhostlm.apps.stream import OutputStream, pump_fd
 from vhostlm.errors import SetupError
 from vhostlm.image.build import PROMPT
+from vhostlm.nodes.stream import OutputStream, pump_fd
 
 SHELL_PROMPT = PROMPT  # the prompt the guest image's /init gives its shell
 

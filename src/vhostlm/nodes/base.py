@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from vhostlm.apps.stream import OutputStream
 from vhostlm.errors import SetupError
+from vhostlm.nodes.stream import OutputStream
 from vhostlm.rundir import RunDir
 
 

@@ -8,9 +8,9 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from vhostlm.apps.process import Process, netns_argv
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import Completed, Node
+from vhostlm.nodes.process import Process, netns_argv
 from vhostlm.rundir import RunDir
 
 

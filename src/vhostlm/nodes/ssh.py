@@ -19,9 +19,9 @@ from typing import TypeVar
 
 import asyncssh
 
-from vhostlm.apps.stream import OutputStream
 from vhostlm.errors import SetupError, UsageError
 from vhostlm.nodes.base import Completed, Node
+from vhostlm.nodes.stream import OutputStream
 from vhostlm.rundir import RunDir
 
 T = TypeVar("T")

@@ -18,10 +18,10 @@ from typing import Any, ClassVar
 from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import Receiver
 from vhostlm.apps.qemu import QemuVm, VmSpec
-from vhostlm.apps.stream import ExpectTimeout
 from vhostlm.apps.testpmd import VERBOSE_RX_RE, TestPmd, check_socket_free, testpmd_argv
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.image.build import READY_MARKER
+from vhostlm.nodes.stream import ExpectTimeout
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.migrate import Migration
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepRunner, leg_suffix

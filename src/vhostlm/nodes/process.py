@@ -11,8 +11,8 @@ import termios
 import threading
 from collections.abc import Sequence
 
-from vhostlm.apps.stream import OutputStream, pump_fd
 from vhostlm.errors import SetupError
+from vhostlm.nodes.stream import OutputStream, pump_fd
 from vhostlm.rundir import RunDir, proc_starttime
 
 
