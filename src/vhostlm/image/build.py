@@ -97,7 +97,7 @@ def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[-1] if lines else f"exit code {proc.returncode}"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's content."""
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -247,7 +247,7 @@ def _collect_userland(log: Callable[[str], None]) -> _Userland:
 
 def _hash_userland(userland: _Userland) -> dict[str, str]:
     """Content hash of every host file the image copies, keyed by its host path."""
-    return {str(p): _sha256_file(p.resolve()) for p in userland.files}
+    return {str(p): sha256_file(p.resolve()) for p in userland.files}
 
 
 def _dpdk_version() -> str:

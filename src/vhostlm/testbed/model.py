@@ -21,10 +21,11 @@ from __future__ import annotations
 import re
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,6 +40,15 @@ from vhostlm.errors import UsageError
 PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 DRIVERS = ("vfio-pci", "igb_uio", "uio_pci_generic")
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path")
+    return value.rstrip("/") or "/"
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
 
 
 class Strict(BaseModel):
@@ -127,14 +137,7 @@ class PortSpec(Strict):
 class HugepageSpec(Strict):
     """The hugetlbfs mount the node's guests and testpmd use (checked, not reserved)."""
 
-    mount: str = "/dev/hugepages"
-
-    @field_validator("mount")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"{value!r} is not an absolute path")
-        return value
+    mount: AbsolutePath = "/dev/hugepages"
 
 
 class NodeSpec(Strict):
@@ -148,14 +151,7 @@ class NodeSpec(Strict):
     qemu: str = Field(default="qemu-system-x86_64", min_length=1)
     testpmd: str = Field(default="dpdk-testpmd", min_length=1)
     python: str = Field(default="python3", min_length=1)
-    workdir: str = "/var/tmp/vhostlm"
-
-    @field_validator("workdir")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"{value!r} is not an absolute path")
-        return value.rstrip("/") or "/"
+    workdir: AbsolutePath = "/var/tmp/vhostlm"
 
     @model_validator(mode="after")
     def _reach(self) -> NodeSpec:

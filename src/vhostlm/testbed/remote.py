@@ -6,12 +6,11 @@ host and backup and checked by checksum; PCI ports are bound for the run and giv
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from vhostlm.errors import SetupError, UsageError
-from vhostlm.image.build import GuestImage
+from vhostlm.image.build import GuestImage, sha256_file
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
 from vhostlm.nodes.ssh import SshNode
@@ -31,15 +30,6 @@ def make_node(role: str, spec: NodeSpec, rundir: RunDir | None) -> Node:
     node = SshNode(role, ssh.address, ssh.user, ssh.key, ssh.port, ssh.known_hosts, ssh.sudo)
     node.local_sockets = rundir.sockets if rundir is not None else None
     return node
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a local file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def remote_sha256(node: Node, path: str) -> str:
