@@ -185,3 +185,11 @@ def test_kill_9_mid_run_then_lab_down_cleans_the_nodes(
     assert leftovers(run_id) == []
     for role in ("host", "backup", "tester"):
         assert list(Path(f"/run/vhostlm/{lab_id}/node-{role}").iterdir()) == []
+
+
+def test_doctor_without_testbed_checks_this_machine() -> None:
+    """The embedded lab's needs: QEMU, testpmd and its PMDs, ip, tcpdump, sshd, memory."""
+    proc = vhostlm("doctor", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^local\s+pmd net_vhost\s+ok", proc.stdout, re.M), proc.stdout
+    assert "this machine can run the plan" in proc.stdout
