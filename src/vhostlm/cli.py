@@ -159,6 +159,13 @@ def build_parser() -> Parser:
         type=positive(float),
         default=RunOptions.migration_timeout_s,
         metavar="S",
+        help="fail a migration not completed S seconds after `migrate` (it is cancelled and "
+        "the guest stays on the source)",
+    )
+    run.add_argument(
+        "--migration-tls",
+        action="store_true",
+        help="encrypt the migration stream (QEMU tls-creds-x509, certificates made for the run)",
     )
     run.add_argument(
         "--no-backup-backend",
@@ -220,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backup_backend=not args.no_backup_backend,
         switch_learning=args.switch_learning,
         cpu=args.cpu,
+        migration_tls=args.migration_tls,
     )
     with Progress() as progress:
         result = run_plan(cases, options, args.output, progress, junit=args.junit)
