@@ -39,7 +39,9 @@ def final_figures(vm: QemuVm) -> MigrationFigures:
     deadline = time.monotonic() + 5
     while True:
         info = vm.qmp("query-migrate")
-        if "total-time" in info or info.get("status") == "active" or time.monotonic() > deadline:
+        if "total-time" in info or info.get("status") in ("active", "cancelled", "failed"):
+            return MigrationFigures.from_query_migrate(info)
+        if time.monotonic() > deadline:
             return MigrationFigures.from_query_migrate(info)
         vm.pull_events(0.05)
 
@@ -259,6 +261,7 @@ class Migration:
         """--migration-timeout passed: keep the figures so far, cancel, say so."""
         limit = self.env.options.migration_timeout_s
         figs = final_figures(a.vm)
+        self.vitals.retire(b.vm.process)  # the destination ends with the cancel
         self._cancel(a.vm, since, marks)
         figs.status = "cancelled"
         self._record(leg, figs)
