@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HUGE_NR, leftovers
+from tests.e2e.conftest import hugepages_baseline, leftovers
 from tests.e2e.live import LiveRun, steps
 
 CASE = "virtio_net"
@@ -32,7 +32,7 @@ def live(tmp_path: Path, hugepages_before: int) -> Iterator[list[LiveRun]]:
         run.stop()
         assert run.run_id, run.output()
         assert leftovers(run.run_id) == [], run.output()
-    assert int(HUGE_NR.read_text()) == hugepages_before
+    assert hugepages_baseline() == hugepages_before
 
 
 def start(runs: list[LiveRun], out: Path, *args: str) -> LiveRun:
