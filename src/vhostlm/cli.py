@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import secrets
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vhostlm.errors import SetupError, UsageError
+from vhostlm.paths import check_file_target, check_output_dir
 from vhostlm.plans.catalog import PLANS, plan_of, select_cases
 from vhostlm.plans.env import PROBE_PPS, SEED_PPS, RunOptions
 from vhostlm.report.progress import Progress
@@ -35,6 +37,8 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], float | int]:
             value = kind(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
         return value
@@ -51,6 +55,13 @@ def count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
+
+
+def path(text: str) -> Path:
+    """argparse type: a path, not empty (Path("") would silently mean the current dir)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
 
 
 def mac(text: str) -> str:
@@ -79,7 +90,7 @@ def build_parser() -> Parser:
         metavar="NAME",
         help="run only this case (repeatable); see `vhostlm list`",
     )
-    run.add_argument("--output", type=Path, help="run directory (default ./results/<time>/)")
+    run.add_argument("--output", type=path, help="run directory (default ./results/<time>/)")
     run.add_argument(
         "--pps",
         type=positive(float),
@@ -100,7 +111,7 @@ def build_parser() -> Parser:
     run.add_argument(
         "--max-loss", type=count, metavar="N", help="fail a case that loses more probes"
     )
-    run.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+    run.add_argument("--junit", type=path, metavar="FILE", help="also write JUnit XML here")
     run.add_argument(
         "-k",
         dest="keyword",
@@ -210,6 +221,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cases = select_cases(args.plan, args.case, args.keyword)
     if args.seed_traffic and (args.max_outage_ms is not None or args.max_loss is not None):
         raise UsageError("--max-outage-ms and --max-loss need probes: drop --seed-traffic")
+    if args.output is not None:
+        check_output_dir("--output", args.output)
+    if args.junit is not None:
+        check_file_target("--junit", args.junit)
     options = RunOptions(
         probes=not args.seed_traffic,
         max_outage_ms=args.max_outage_ms,
