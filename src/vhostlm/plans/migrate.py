@@ -260,10 +260,8 @@ class Migration:
     def _timed_out(self, leg: int, a: Side, b: Side, since: int, marks: dict[str, float]) -> str:
         """--migration-timeout passed: keep the figures so far, cancel, say so."""
         limit = self.env.options.migration_timeout_s
-        figs = final_figures(a.vm)
         self.vitals.retire(b.vm.process)  # the destination ends with the cancel
-        self._cancel(a.vm, since, marks)
-        figs.status = "cancelled"
+        figs = self._cancel(a.vm, since, marks)
         self._record(leg, figs)
         return (
             f"migration did not complete within --migration-timeout {limit:g} s "
@@ -307,8 +305,7 @@ class Migration:
                 try:
                     event = wait_migration(a.vm, ev_a, END_STATES, limit)
                 except SetupError:
-                    figs = final_figures(a.vm)
-                    self._cancel(a.vm, ev_a, marks)
+                    figs = self._cancel(a.vm, ev_a, marks)
                     step.detail = (
                         f"did not converge within {limit:.0f} s ({figures_line(figs)}); cancelled"
                     )
@@ -325,6 +322,9 @@ class Migration:
         return figs
 
     def _cancel(self, vm: QemuVm, since: int, marks: dict[str, float]) -> MigrationFigures:
+        """migrate_cancel and wait until it is cancelled; QEMU's figures up to the cancel
+        (query-migrate forgets them once the migration is cancelled)."""
+        figs = final_figures(vm)
         vm.qmp("migrate_cancel")
         event = wait_migration(vm, since, END_STATES, 30)
         status = event["data"]["status"]
@@ -332,4 +332,5 @@ class Migration:
             raise StepFailed(f"migrate_cancel: migration ended {status}, not cancelled")
         marks["cancelled"] = event_time(event)
         self.traffic.qmp_marks(marks, vm.events[since:])
-        return final_figures(vm)
+        figs.status = "cancelled"
+        return figs
