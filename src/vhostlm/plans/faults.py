@@ -13,8 +13,8 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from vhostlm.apps.process import Process
 from vhostlm.errors import StepFailed
 from vhostlm.measure.tester import PROGRESS_RE, Tester
 
@@ -33,6 +33,21 @@ def exit_description(returncode: int | None) -> str:
             name = f"signal {-returncode}"
         return f"was killed by {name}"
     return f"exited with status {returncode}"
+
+
+class Process(Protocol):
+    """What is watched of a program: its pid and, once it ended, its exit status (a local
+    process or one on a testbed node alike)."""
+
+    @property
+    def pid(self) -> int:
+        """Its process id."""
+        ...
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once ended (negative: killed by that signal)."""
+        ...
 
 
 @dataclass
