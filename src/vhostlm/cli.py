@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import secrets
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vhostlm.errors import SetupError, UsageError
+from vhostlm.paths import check_file_target, check_output_dir
 from vhostlm.plans.catalog import PLANS, plan_of, select_cases
 from vhostlm.plans.env import PROBE_PPS, SEED_PPS, RunOptions
 from vhostlm.report.progress import Progress
@@ -39,6 +41,8 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], float | int]:
             value = kind(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
         return value
@@ -55,6 +59,13 @@ def count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
+
+
+def path(text: str) -> Path:
+    """argparse type: a path, not empty (Path("") would silently mean the current dir)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
 
 
 def mac(text: str) -> str:
@@ -83,7 +94,7 @@ def build_parser() -> Parser:
         metavar="NAME",
         help="run only this case (repeatable); see `vhostlm list`",
     )
-    run.add_argument("--output", type=Path, help="run directory (default ./results/<time>/)")
+    run.add_argument("--output", type=path, help="run directory (default ./results/<time>/)")
     run.add_argument(
         "--pps",
         type=positive(float),
@@ -104,7 +115,7 @@ def build_parser() -> Parser:
     run.add_argument(
         "--max-loss", type=count, metavar="N", help="fail a case that loses more probes"
     )
-    run.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+    run.add_argument("--junit", type=path, metavar="FILE", help="also write JUnit XML here")
     run.add_argument(
         "-k",
         dest="keyword",
@@ -163,6 +174,13 @@ def build_parser() -> Parser:
         type=positive(float),
         default=RunOptions.migration_timeout_s,
         metavar="S",
+        help="fail a migration not completed S seconds after `migrate` (it is cancelled and "
+        "the guest stays on the source)",
+    )
+    run.add_argument(
+        "--migration-tls",
+        action="store_true",
+        help="encrypt the migration stream (QEMU tls-creds-x509, certificates made for the run)",
     )
     run.add_argument(
         "--no-backup-backend",
@@ -224,6 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cases = select_cases(args.plan, args.case, args.keyword)
     if args.seed_traffic and (args.max_outage_ms is not None or args.max_loss is not None):
         raise UsageError("--max-outage-ms and --max-loss need probes: drop --seed-traffic")
+    if args.output is not None:
+        check_output_dir("--output", args.output)
+    if args.junit is not None:
+        check_file_target("--junit", args.junit)
     options = RunOptions(
         probes=not args.seed_traffic,
         max_outage_ms=args.max_outage_ms,
@@ -241,6 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         backup_backend=not args.no_backup_backend,
         switch_learning=args.switch_learning,
         cpu=args.cpu,
+        migration_tls=args.migration_tls,
     )
     with Progress() as progress:
         result = run_plan(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HUGE_NR, ROOT, leftovers, processes_mentioning, vhostlm
+from tests.e2e.conftest import ROOT, hugepages_baseline, leftovers, processes_mentioning, vhostlm
 
 
 def netns() -> list[str]:
@@ -41,7 +41,7 @@ def test_lab_up_status_down(hugepages_before: int) -> None:
         down = vhostlm("lab", "down", rid)
     assert down.returncode == 0, down.stderr
     assert leftovers(rid) == []
-    assert int(HUGE_NR.read_text()) == hugepages_before
+    assert hugepages_baseline() == hugepages_before
     bad = vhostlm("lab", "down", "nosuchlab")
     assert bad.returncode == 2 and "no lab 'nosuchlab'" in bad.stderr
 
@@ -70,4 +70,4 @@ def test_lab_down_cleans_up_after_kill_9(tmp_path: Path, hugepages_before: int) 
     assert down.returncode == 0, down.stderr
     assert rid in down.stdout
     assert leftovers(rid) == []
-    assert int(HUGE_NR.read_text()) == hugepages_before
+    assert hugepages_baseline() == hugepages_before

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from tests.e2e.conftest import HUGE_NR, leftovers, load, vhostlm
+from tests.e2e.conftest import hugepages_baseline, leftovers, load, vhostlm
 from vhostlm.report.results import validate_results
 
 SEED_STEPS = [
@@ -70,7 +70,7 @@ def test_seed_plan_passes_and_leaves_nothing(tmp_path: Path, hugepages_before: i
     check_junit(junit, data)
     check_html(out / "report.html", data)
     assert leftovers(data["run_id"]) == []
-    assert int(HUGE_NR.read_text()) == hugepages_before
+    assert hugepages_baseline() == hugepages_before
 
 
 def check_measure(case: dict[str, Any]) -> None:
@@ -143,7 +143,7 @@ def test_no_vhost_backend_on_backup_fails(tmp_path: Path, hugepages_before: int)
     assert verdicts["backup_vm"] == "fail"
     assert verdicts["receives_after_migration"] == "skip"
     assert leftovers(data["run_id"]) == []
-    assert int(HUGE_NR.read_text()) == hugepages_before
+    assert hugepages_baseline() == hugepages_before
 
 
 def test_seed_traffic_form_and_report_command(tmp_path: Path) -> None:

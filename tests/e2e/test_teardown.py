@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HUGE_NR, ROOT, leftovers, load, vhostlm
+from tests.e2e.conftest import ROOT, hugepages_baseline, leftovers, load, vhostlm
 
 RUNTIME = Path("/run/vhostlm")
 
@@ -20,15 +20,33 @@ def runtime_dirs() -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("sig", "phase"), [(signal.SIGINT, "host_vm"), (signal.SIGTERM, "guest_receives")]
+    ("sig", "phase", "args"),
+    [
+        (signal.SIGINT, "host_vm", []),  # during boot
+        (signal.SIGTERM, "guest_receives", []),
+        (signal.SIGINT, "guest_receives", []),  # during traffic
+        # during the migration (slowed to ~20 s so it is surely still active)
+        (signal.SIGINT, "receives_during_migration", ["--max-bandwidth", "40"]),
+    ],
+    ids=["sigint-boot", "sigterm-traffic", "sigint-traffic", "sigint-migration"],
 )
 def test_signal_mid_run_exits_130_and_cleans_up(
-    tmp_path: Path, hugepages_before: int, sig: signal.Signals, phase: str
+    tmp_path: Path, hugepages_before: int, sig: signal.Signals, phase: str, args: list[str]
 ) -> None:
     """Ctrl-C (or SIGTERM) while QEMU and testpmd run: exit 130, no process, netns, socket."""
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vhostlm", "run", "--case", "virtio_net", "--output", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "vhostlm",
+            "run",
+            "--case",
+            "virtio_net",
+            "--output",
+            str(out),
+            *args,
+        ],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -49,7 +67,7 @@ def test_signal_mid_run_exits_130_and_cleans_up(
     assert rc == 130, "".join(seen) + proc.stderr.read()
     data = load(out / "results.json")
     assert leftovers(data["run_id"]) == []
-    assert int(HUGE_NR.read_text()) == hugepages_before
+    assert hugepages_baseline() == hugepages_before
 
 
 def test_missing_binary_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -77,5 +95,5 @@ def test_too_few_hugepages_is_refused_before_anything_starts(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "too few hugepages" in lines[0] and "--guest-mem" in lines[0]
     assert runtime_dirs() == before
-    assert int(HUGE_NR.read_text()) == hugepages_before
+    assert hugepages_baseline() == hugepages_before
     assert not (tmp_path / "run").exists()

@@ -141,3 +141,9 @@ class Node(ABC):
 
     def _is_socket(self, path: str) -> bool:
         return self.execute(["test", "-S", path]).status == 0
+
+    def secure_sockets(self, directory: str) -> None:
+        """Make every unix socket in `directory` on the node mode 0600 (QEMU and testpmd
+        create them with their umask)."""
+        self.run(["find", directory, "-maxdepth", "1", "-type", "s", "!", "-perm", "600",
+                  "-exec", "chmod", "600", "{}", "+"])  # fmt: skip

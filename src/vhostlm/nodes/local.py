@@ -11,6 +11,7 @@ from pathlib import Path
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import Completed, Node
 from vhostlm.nodes.process import Process, netns_argv
+from vhostlm.nodes.sockets import secure_sockets
 from vhostlm.rundir import RunDir
 
 
@@ -74,3 +75,7 @@ class LocalNode(Node):
             return stat.S_ISSOCK(Path(path).stat().st_mode)
         except OSError:
             return False
+
+    def secure_sockets(self, directory: str) -> None:
+        """chmod 0600 the sockets in `directory`, directly."""
+        secure_sockets(Path(directory))

@@ -104,6 +104,7 @@ class Process:
         if popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(popen.pid, sig)
+                os.kill(popen.pid, signal.SIGCONT)  # a stopped program acts on it at once
             try:
                 popen.wait(timeout)
             except subprocess.TimeoutExpired:

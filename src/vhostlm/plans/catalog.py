@@ -50,7 +50,7 @@ def select_cases(plan: str, names: list[str], keyword: str | None) -> list[type[
     known = all_cases()
     for name in names:
         if name not in known:
-            raise UsageError(f"unknown case {name!r}: see `vhostlm list`")
+            raise UsageError(f"--case: unknown case {name!r}: see `vhostlm list`")
     cases = [known[n] for n in names] if names else list(PLANS[plan])
     if keyword is not None:
         cases = [c for c in cases if matches(keyword, c.name)]

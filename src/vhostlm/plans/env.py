@@ -43,6 +43,7 @@ class RunOptions:
     max_bandwidth_mbps: float | None = None
     converge_timeout_s: float = 20.0
     guest_memory: str = "hugetlbfs"  # hugetlbfs (as the seed) | memfd
+    migration_tls: bool = False  # encrypt the migration stream (QEMU tls-creds-x509)
 
     @property
     def rate(self) -> float:

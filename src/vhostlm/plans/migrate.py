@@ -8,13 +8,16 @@ still be active when the time is up (then they are cancelled), never hang.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vhostlm.apps.guest import KernelReceiver, Receiver, guest_crash
 from vhostlm.apps.qemu import QemuVm
+from vhostlm.apps.tls import MigrationTls
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.plans.env import LabEnv
-from vhostlm.plans.steps import CaseSkipped, StepRunner, leg_suffix
+from vhostlm.plans.faults import Vitals
+from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, event_time
 from vhostlm.report.results import CaseResult, MigrationFigures
 
@@ -36,7 +39,9 @@ def final_figures(vm: QemuVm) -> MigrationFigures:
     deadline = time.monotonic() + 5
     while True:
         info = vm.qmp("query-migrate")
-        if "total-time" in info or info.get("status") == "active" or time.monotonic() > deadline:
+        if "total-time" in info or info.get("status") in ("active", "cancelled", "failed"):
+            return MigrationFigures.from_query_migrate(info)
+        if time.monotonic() > deadline:
             return MigrationFigures.from_query_migrate(info)
         vm.pull_events(0.05)
 
@@ -86,6 +91,7 @@ class Migration:
         receiver: Receiver,
         traffic: Traffic,
         result: CaseResult,
+        vitals: Vitals | None = None,
     ) -> None:
         self.case = case
         self.env = env
@@ -93,7 +99,23 @@ class Migration:
         self.receiver = receiver
         self.traffic = traffic
         self.result = result
+        self.vitals = vitals or Vitals()
+        self.tls: MigrationTls | None = None
+        if env.options.migration_tls:
+            ips = [env.bed.migration_ip(role) for role in ("backup", "host")]
+            stage = None if env.bed.kind == "lab" else self._stage_tls
+            self.tls = MigrationTls(env.rundir.runtime / "tls", ips, env.rundir, stage)
         self.figures: list[MigrationFigures] = []
+
+    def _stage_tls(self, vm: QemuVm, local: Path) -> str:
+        """Copy one endpoint's credentials to the QEMU's node (a private directory there)."""
+        role = vm.node.name
+        remote = f"{self.env.bed.workdir(role)}/tls-{local.name}"
+        vm.node.run(["mkdir", "-p", "-m", "0700", remote])
+        for path in sorted(local.iterdir()):
+            vm.node.put(path, f"{remote}/{path.name}")
+        vm.node.run(["chmod", "-R", "go-rwx", remote])
+        return remote
 
     def configure(self, a: Side, b: Side) -> None:
         """Capabilities on both ends and parameters on the source; skip what QEMU lacks."""
@@ -107,6 +129,9 @@ class Migration:
         if opts.max_bandwidth_mbps is not None:
             params["max-bandwidth"] = int(opts.max_bandwidth_mbps * 1e6 / 8)
         both = {k: v for k, v in params.items() if k.startswith("multifd")}
+        if self.tls is not None:
+            params.update(self.tls.source_parameters(a.vm, self.env.bed.migration_ip(b.role)))
+            both.update(self.tls.destination_parameters(b.vm))
         for vm, mine in ((a.vm, params), (b.vm, both)):
             listed = [{"capability": k, "state": v} for k, v in caps.items()]
             try:
@@ -116,9 +141,15 @@ class Migration:
             except SetupError as exc:
                 raise CaseSkipped(f"this QEMU refuses {caps} / {mine}: {exc}") from exc
         got = a.vm.qmp("query-migrate-parameters")
-        self.result.options["migration_parameters"] = {
-            k: got.get(k) for k in ("downtime-limit", "max-bandwidth", "multifd-channels")
-        }
+        keys = ["downtime-limit", "max-bandwidth", "multifd-channels"]
+        if self.tls is not None:
+            keys += ["tls-creds", "tls-hostname"]
+            self.result.options["migration_tls"] = {
+                "source": {k: got.get(k) for k in ("tls-creds", "tls-hostname")},
+                "destination": {"tls-creds": b.vm.qmp("query-migrate-parameters").get("tls-creds")},
+                "verify_peer": True,
+            }
+        self.result.options["migration_parameters"] = {k: got.get(k) for k in keys}
         self.result.options["migration_capabilities"] = caps
 
     def leg(self, leg: int, a: Side, b: Side) -> MigrationFigures:
@@ -178,33 +209,43 @@ class Migration:
         if case.variant in ("cancel", "no_converge"):
             return self._stopped_leg(leg, a, b, ev_a, marks)
 
-        with runner.step("migration_completed" + sfx, "step 12") as step:
-            ends = (*END_STATES, "postcopy-paused") if case.postcopy else END_STATES
-            try:
-                event = wait_migration(a.vm, ev_a, ends, opts.migration_timeout_s)
-            except SetupError as exc:
+        survivable = False  # the migration failed or was cancelled: the source must go on
+        try:
+            with runner.step("migration_completed" + sfx, "step 12") as step:
+                ends = (*END_STATES, "postcopy-paused") if case.postcopy else END_STATES
+                left = max(0.0, opts.migration_timeout_s - (time.monotonic() - started))
+                try:
+                    event = wait_migration(a.vm, ev_a, ends, left)
+                except SetupError:
+                    if not a.vm.process.alive():
+                        raise  # the source itself is gone: nothing to cancel
+                    survivable = True
+                    raise StepFailed(self._timed_out(leg, a, b, ev_a, marks)) from None
+                self.result.phases[f"migration{sfx}_s"] = round(time.monotonic() - started, 3)
+                if event["data"]["status"] == "postcopy-paused":
+                    postcopy_paused(b.vm)
+                if event["data"]["status"] != "completed":
+                    survivable = True
+                    why = error_desc(a.vm)
+                    self._record(leg, final_figures(a.vm))
+                    self.traffic.qmp_marks(marks, a.vm.events[ev_a:])
+                    raise StepFailed(f"migration failed: {why}")
+                self.vitals.check(b.role, f"before the switch-over to the {b.role}")
+                resume = b.vm.wait_event("RESUME", 30, ev_b)
+                marks["resume"] = event_time(resume)
                 figs = final_figures(a.vm)
-                a.vm.qmp("migrate_cancel")
-                raise StepFailed(
-                    f"migration did not complete within {opts.migration_timeout_s:.0f} s "
-                    f"({figures_line(figs)})"
-                ) from exc
-            self.result.phases[f"migration{sfx}_s"] = round(time.monotonic() - started, 3)
-            if event["data"]["status"] == "postcopy-paused":
-                postcopy_paused(b.vm)
-            if event["data"]["status"] != "completed":
-                raise StepFailed(f"migration failed: {error_desc(a.vm)}")
-            resume = b.vm.wait_event("RESUME", 30, ev_b)
-            marks["resume"] = event_time(resume)
-            figs = final_figures(a.vm)
-            self.figures.append(figs)
-            self.traffic.qmp_marks(marks, a.vm.events[ev_a:])
-            if leg == 0:
-                self.result.migration = figs
-            step.detail = f"Migration status: completed ({figures_line(figs)})"
-            at_switch = rx.count(b.shell, 15)
-            if leg == 0:
-                self.result.traffic.received_during = at_switch - before
+                self._record(leg, figs)
+                self.traffic.qmp_marks(marks, a.vm.events[ev_a:])
+                step.detail = f"Migration status: completed ({figures_line(figs)})"
+                at_switch = rx.count(b.shell, 15)
+                if leg == 0:
+                    self.result.traffic.received_during = at_switch - before
+        except CaseAborted as exc:
+            if survivable:
+                self.result.reason = self.result.reason or str(exc)
+                self.vitals.retire(b.vm.process)  # the destination ends with the migration
+                self._source_keeps_receiving(leg, a, "after the failed migration")
+            raise
 
         with runner.step("receives_after_migration" + sfx, "step 13") as step:
             got = rx.wait_count(b.shell, at_switch + opts.after_packets, opts.after_timeout_s)
@@ -218,14 +259,53 @@ class Migration:
                     f"{opts.after_timeout_s:.0f} s (wanted {opts.after_packets})"
                     + (f"; its kernel crashed: {crash}" if crash else "")
                 )
+            self.vitals.check_traffic()
             step.detail = f"the guest on the {b.role} received {after} more packets"
         return figs
+
+    def _record(self, leg: int, figs: MigrationFigures) -> None:
+        """Keep QEMU's figures of leg `leg` (the first leg's are the case's `migration`)."""
+        self.figures.append(figs)
+        if leg == 0:
+            self.result.migration = figs
+
+    def _timed_out(self, leg: int, a: Side, b: Side, since: int, marks: dict[str, float]) -> str:
+        """--migration-timeout passed: keep the figures so far, cancel, say so."""
+        limit = self.env.options.migration_timeout_s
+        self.vitals.retire(b.vm.process)  # the destination ends with the cancel
+        figs = self._cancel(a.vm, since, marks)
+        self._record(leg, figs)
+        return (
+            f"migration did not complete within --migration-timeout {limit:g} s "
+            f"({figures_line(figs)}, {figs.mbps:.1f} Mbit/s); cancelled, the guest stays "
+            f"on the {a.role}"
+        )
+
+    def _source_keeps_receiving(self, leg: int, a: Side, after: str) -> None:
+        """Step: the source guest still runs, receives and answers probes `after` ..."""
+        opts, rx = self.env.options, self.receiver
+        with self.runner.step("source_keeps_receiving" + leg_suffix(leg)) as step:
+            state = a.vm.qmp("query-status")
+            if state.get("status") != "running":
+                raise StepFailed(f"the source guest is {state.get('status')}, not running")
+            now = rx.count(a.shell)
+            got = rx.wait_count(a.shell, now + opts.after_packets, opts.after_timeout_s)
+            if got is None:
+                raise StepFailed(f"the source guest stopped receiving {after} (at {now})")
+            if opts.probes:
+                replies = self.traffic.tester.progress()[1]
+                if not self.traffic.wait_replies(
+                    replies + opts.after_packets, opts.after_timeout_s
+                ):
+                    raise StepFailed(f"the source guest stopped answering probes {after}")
+            self.vitals.check_traffic()
+            step.detail = f"source running; guest rx counter {now} -> {got}"
 
     def _stopped_leg(
         self, leg: int, a: Side, b: Side, ev_a: int, marks: dict[str, float]
     ) -> MigrationFigures:
         """A leg that must not complete: cancelled on purpose, or unable to converge."""
-        case, opts, runner, rx = self.case, self.env.options, self.runner, self.receiver
+        case, opts, runner = self.case, self.env.options, self.runner
         sfx = leg_suffix(leg)
         if case.variant == "cancel":
             with runner.step("migration_cancelled" + sfx) as step:
@@ -237,8 +317,7 @@ class Migration:
                 try:
                     event = wait_migration(a.vm, ev_a, END_STATES, limit)
                 except SetupError:
-                    figs = final_figures(a.vm)
-                    self._cancel(a.vm, ev_a, marks)
+                    figs = self._cancel(a.vm, ev_a, marks)
                     step.detail = (
                         f"did not converge within {limit:.0f} s ({figures_line(figs)}); cancelled"
                     )
@@ -248,28 +327,16 @@ class Migration:
                         f"migration {status} within {limit:.0f} s although the guest dirties "
                         f"{case.dirty_mb_s} MiB/s: {figures_line(final_figures(a.vm))}"
                     )
-        with runner.step("source_keeps_receiving" + sfx) as step:
-            state = a.vm.qmp("query-status")
-            if state.get("status") != "running":
-                raise StepFailed(f"the source guest is {state.get('status')}, not running")
-            now = rx.count(a.shell)
-            got = rx.wait_count(a.shell, now + opts.after_packets, opts.after_timeout_s)
-            if got is None:
-                raise StepFailed(f"the source guest stopped receiving after the cancel (at {now})")
-            if opts.probes:
-                replies = self.traffic.tester.progress()[1]
-                if not self.traffic.wait_replies(
-                    replies + opts.after_packets, opts.after_timeout_s
-                ):
-                    raise StepFailed("the source guest stopped answering probes after the cancel")
-            step.detail = f"source running; guest rx counter {now} -> {got}"
+        self.vitals.retire(b.vm.process)
+        self._source_keeps_receiving(leg, a, "after the cancel")
         b.vm.stop()
-        self.figures.append(figs)
-        if leg == 0:
-            self.result.migration = figs
+        self._record(leg, figs)
         return figs
 
     def _cancel(self, vm: QemuVm, since: int, marks: dict[str, float]) -> MigrationFigures:
+        """migrate_cancel and wait until it is cancelled; QEMU's figures up to the cancel
+        (query-migrate forgets them once the migration is cancelled)."""
+        figs = final_figures(vm)
         vm.qmp("migrate_cancel")
         event = wait_migration(vm, since, END_STATES, 30)
         status = event["data"]["status"]
@@ -277,4 +344,5 @@ class Migration:
             raise StepFailed(f"migrate_cancel: migration ended {status}, not cancelled")
         marks["cancelled"] = event_time(event)
         self.traffic.qmp_marks(marks, vm.events[since:])
-        return final_figures(vm)
+        figs.status = "cancelled"
+        return figs

@@ -21,8 +21,10 @@ from vhostlm.apps.qemu import QemuVm, VmSpec
 from vhostlm.apps.testpmd import VERBOSE_RX_RE, TestPmd, check_socket_free, testpmd_argv
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.image.build import READY_MARKER
+from vhostlm.nodes.sockets import secure_sockets
 from vhostlm.nodes.stream import ExpectTimeout
 from vhostlm.plans.env import LabEnv
+from vhostlm.plans.faults import NO_TRAFFIC, Vitals
 from vhostlm.plans.migrate import Migration
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, check_limits
@@ -134,7 +136,9 @@ class MigrationCase:
         except CaseSkipped as exc:
             runner.skip_rest(f"not run: {exc}")
             result.verdict, result.reason = "skip", str(exc)
-        except CaseAborted:
+        except CaseAborted as exc:
+            if str(exc).startswith(NO_TRAFFIC) and not result.reason:
+                result.reason = str(exc)  # the tester, not the guest: say so first
             runner.skip_rest("not run: an earlier step did not pass")
         finally:
             result.duration_s = round(time.monotonic() - start, 3)
@@ -195,7 +199,7 @@ class MigrationCase:
         )
         return QemuVm(spec, env.rundir, bed.node(role))
 
-    def _incoming(self, env: LabEnv, stack: ExitStack, role: str, leg: int) -> Side:
+    def _incoming(self, env: LabEnv, stack: ExitStack, role: str, leg: int, vitals: Vitals) -> Side:
         vm = self._vm(env, role, leg, incoming=True)
         stack.callback(vm.stop)
         sock = self.vhost_socket(env, role)
@@ -207,6 +211,8 @@ class MigrationCase:
                     f"no vhost-user backend on the {role}: QEMU could not connect to {sock} ({exc})"
                 ) from exc
             raise
+        vitals.watch(f"the {role} QEMU {vm.spec.name}", vm.process, role)
+        private_sockets(env, role)
         return Side(role, vm, GuestShell(vm.console))
 
     def _body(self, env: LabEnv, runner: StepRunner, stack: ExitStack, result: CaseResult) -> None:
@@ -224,10 +230,13 @@ class MigrationCase:
             "guest_memory": opts.guest_memory,
         }
 
+        vitals = Vitals()
+        runner.explain = vitals.explain
         with runner.step("host_testpmd", "prerequisite 2"):
             host_pmd = self._testpmd(env, "host")
             stack.callback(host_pmd.stop)
             host_pmd.start(low_priority_polling=True)
+            vitals.watch("the host testpmd", host_pmd.process, "host")
             if not self.late_start:
                 host_pmd.cmd("start")
 
@@ -236,6 +245,8 @@ class MigrationCase:
             stack.callback(src_vm.stop)
             t0 = time.monotonic()
             src_vm.start()
+            vitals.watch(f"the host QEMU {src_vm.spec.name}", src_vm.process, "host")
+            private_sockets(env, "host")
             src = Side("host", src_vm, GuestShell(src_vm.console))
             src_vm.console.output.expect(
                 READY_MARKER, opts.boot_timeout_s, alive=src_vm.process.alive
@@ -248,13 +259,14 @@ class MigrationCase:
                 backup_pmd = self._testpmd(env, "backup")
                 stack.callback(backup_pmd.stop)
                 backup_pmd.start(low_priority_polling=True)
+                vitals.watch("the backup testpmd", backup_pmd.process, "backup")
                 backup_pmd.cmd("start")
             else:
                 step.verdict = "skip"
                 step.detail = "no vhost testpmd started on the backup (--no-backup-backend)"
 
         with runner.step("backup_vm", "prerequisite 5"):
-            dst = self._incoming(env, stack, "backup", 0)
+            dst = self._incoming(env, stack, "backup", 0, vitals)
 
         receiver = self.receiver(opts.probes)
         mark = host_pmd.process.output.mark() if self.reconnects else 0
@@ -275,6 +287,7 @@ class MigrationCase:
 
         traffic = Traffic(self.name, env, stack)
         traffic.start()
+        vitals.watch_tester(traffic.tester)
 
         with runner.step("guest_receives", "step 9") as step:
             got = receiver.wait_count(src.shell, 1, 30)
@@ -300,16 +313,17 @@ class MigrationCase:
                 step.detail = start_dirty_load(src.shell, self.dirty_mb_s)
 
         sides = [src, dst]
-        migration = Migration(self, env, runner, receiver, traffic, result)
+        migration = Migration(self, env, runner, receiver, traffic, result, vitals)
         try:
             for leg in range(self.legs(env)):
                 a, b = sides[leg % 2], sides[(leg + 1) % 2]
                 if leg:
                     with runner.step("incoming_vm" + leg_suffix(leg)):
-                        b = self._incoming(env, stack, b.role, leg)
+                        b = self._incoming(env, stack, b.role, leg, vitals)
                         sides[(leg + 1) % 2] = b
                 migration.leg(leg, a, b)
                 if self.variant == "plain":
+                    vitals.retire(a.vm.process)
                     a.vm.stop()  # the source ends in postmigrate: its job is done
         except (CaseAborted, CaseSkipped):
             result.measure = traffic.finish(migration.figures)  # the figures of a failure
@@ -321,6 +335,13 @@ class MigrationCase:
         if opts.max_outage_ms is not None or opts.max_loss is not None:
             with runner.step("within_limits") as step:
                 step.detail = check_limits(result.measure, opts.max_outage_ms, opts.max_loss)
+
+
+def private_sockets(env: LabEnv, role: str) -> None:
+    """Sockets 0600: on the role's node, and here (forwards of an SSH node's sockets)."""
+    env.bed.node(role).secure_sockets(env.bed.workdir(role))
+    if env.bed.kind != "lab":
+        secure_sockets(env.rundir.sockets)
 
 
 def start_dirty_load(shell: GuestShell, mb_s: int) -> str:

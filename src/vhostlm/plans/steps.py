@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from vhostlm.errors import SetupError, StepFailed
@@ -32,6 +32,12 @@ class StepRunner:
         self.progress = progress
         self.planned = planned
         self._done: set[str] = set()
+        # Gives a failed step's detail its cause, and True when that cause is a fault of
+        # the test bed (a dead process, no traffic): then the step fails, never errors.
+        self.explain: Callable[[str], tuple[str, bool]] | None = None
+
+    def _explained(self, detail: str) -> tuple[str, bool]:
+        return self.explain(detail) if self.explain is not None else (detail, False)
 
     @contextmanager
     def step(self, name: str, seed: str = "") -> Iterator[StepResult]:
@@ -52,11 +58,12 @@ class StepRunner:
             step.verdict, step.detail = "skip", str(exc)
             raise
         except StepFailed as exc:
-            step.verdict, step.detail = "fail", str(exc)
-            raise CaseAborted(str(exc)) from exc
+            step.verdict, step.detail = "fail", self._explained(str(exc))[0]
+            raise CaseAborted(step.detail) from exc
         except SetupError as exc:
-            step.verdict, step.detail = "error", str(exc)
-            raise CaseAborted(str(exc)) from exc
+            step.detail, fault = self._explained(str(exc))
+            step.verdict = "fail" if fault else "error"
+            raise CaseAborted(step.detail) from exc
         finally:
             step.duration_s = round(time.monotonic() - start, 3)
 
