@@ -65,7 +65,8 @@ def test_doctor_passes_on_the_ssh_lab(ssh_lab: tuple[str, Path]) -> None:
 def test_seed_plan_over_ssh_passes_and_leaves_nothing(
     ssh_lab: tuple[str, Path], tmp_path: Path
 ) -> None:
-    """Both seed cases pass through SSH; the nodes' run directories and processes are gone."""
+    """Both seed cases pass through SSH (with a shared disk and migration TLS, whose
+    credentials are copied to the nodes); the nodes' run directories and processes go."""
     lab_id = ssh_lab[0]
     disk = tmp_path / "shared-disk.img"  # the seed's NFS image: host and backup see one file
     disk.write_bytes(b"vhostlm" * 4096)
@@ -74,11 +75,13 @@ def test_seed_plan_over_ssh_passes_and_leaves_nothing(
     testbed = tmp_path / "testbed.yaml"
     testbed.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
-    proc = vhostlm("run", "--testbed", str(testbed), "--output", str(out), timeout=900)
+    proc = vhostlm("run", "--testbed", str(testbed), "--output", str(out), "--migration-tls",
+                   timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = load(out / "results.json")
     assert validate_results(data) == []
     assert data["testbed"] == f"ssh:{testbed}"
+    assert all(c["options"]["migration_tls"] for c in data["cases"])  # credentials staged
     assert data["host"]["guest_disk_sha256"] == hashlib.sha256(disk.read_bytes()).hexdigest()
     assert data["host"]["guest_disk_mount_host"] == data["host"]["guest_disk_mount_backup"]
     assert [c["verdict"] for c in data["cases"]] == ["pass", "pass"]

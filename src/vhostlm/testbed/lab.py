@@ -53,8 +53,13 @@ class Lab(Topology):
         return str(self.hugepath)
 
     def workdir(self, role: str) -> str:
-        """The run's socket directory (all roles share this machine's filesystem)."""
-        return str(self.rundir.sockets)
+        """The run's socket directory for host and backup (they share this machine's
+        filesystem); the tester's files (its script, its probe data) go beside it."""
+        if role != "tester":
+            return str(self.rundir.sockets)
+        files = self.rundir.runtime / "tester"
+        files.mkdir(mode=0o700, exist_ok=True)
+        return str(files)
 
     def guest_files(self, role: str) -> tuple[str, str]:
         """The cached image, used in place."""
