@@ -78,7 +78,7 @@ def test_tester_stops_sending(tmp_path: Path, live: list[LiveRun], sig: signal.S
     """The tester dies or freezes mid-migration: 'no traffic', never a pass."""
     run = start(live, tmp_path / "run")
     run.wait_for(DURING)
-    pid = run.kill(sig, "vhostlm.measure.probe")
+    pid = run.kill(sig, "probe.py")
     assert run.finish() == 1, run.output()
     case = run.case()
     assert case["verdict"] == "fail"

@@ -21,6 +21,8 @@ from tests.e2e.conftest import leftovers, load, processes_mentioning, vhostlm
 from vhostlm.report.results import validate_results
 
 RUNTIME = Path("/run/vhostlm")
+PWNED = Path("/tmp/vl-pwned")
+HOSTILE_WORKDIR = f"/tmp/v;touch {PWNED}"  # short: sockets live under a node's workdir
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +67,17 @@ def test_doctor_passes_on_the_ssh_lab(ssh_lab: tuple[str, Path]) -> None:
 def test_seed_plan_over_ssh_passes_and_leaves_nothing(
     ssh_lab: tuple[str, Path], tmp_path: Path
 ) -> None:
-    """Both seed cases pass through SSH (with a shared disk and migration TLS, whose
-    credentials are copied to the nodes); the nodes' run directories and processes go."""
+    """Both seed cases pass through SSH (with a shared disk, migration TLS whose credentials
+    are copied to the nodes, and a hostile tester workdir that must stay data); the nodes'
+    run directories and processes go."""
     lab_id = ssh_lab[0]
     disk = tmp_path / "shared-disk.img"  # the seed's NFS image: host and backup see one file
     disk.write_bytes(b"vhostlm" * 4096)
     data = yaml.safe_load(ssh_lab[1].read_text())
     data["guest"]["disk"] = str(disk)
+    # a hostile value in a config field: every remote command carries the tester's workdir
+    PWNED.unlink(missing_ok=True)
+    data["nodes"]["tester"]["workdir"] = HOSTILE_WORKDIR
     testbed = tmp_path / "testbed.yaml"
     testbed.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
@@ -94,9 +100,13 @@ def test_seed_plan_over_ssh_passes_and_leaves_nothing(
     run_id = data["run_id"]
     assert leftovers(run_id) == []
     assert processes_mentioning(f"vhostlm-{run_id}") == []
-    for role in ("host", "backup", "tester"):
+    for role in ("host", "backup"):
         workdir = Path(f"/run/vhostlm/{lab_id}/node-{role}")
         assert list(workdir.iterdir()) == [], f"{role} kept {list(workdir.iterdir())}"
+    assert not PWNED.exists(), "a testbed value was run as a shell command"
+    hostile = Path(HOSTILE_WORKDIR)
+    assert hostile.is_dir() and list(hostile.iterdir()) == []  # it was a directory name
+    hostile.rmdir()
 
 
 @pytest.mark.parametrize(

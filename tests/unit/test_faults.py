@@ -123,3 +123,18 @@ def test_a_stopped_tester_is_no_traffic(rundir: RunDir) -> None:
     finally:
         os.kill(tester.process.pid, signal.SIGCONT)  # else SIGTERM waits for its SIGKILL
         tester.process.stop()
+
+
+def test_a_tester_stopped_on_purpose_is_no_fault(rundir: RunDir) -> None:
+    """Once the case ends its traffic (retire_tester), a later failed check is not blamed
+    on the tester it stopped itself."""
+    vitals = Vitals()
+    tester = make_tester(rundir, SENDING)
+    vitals.watch_tester(tester)
+    tester.process.stop()
+    assert vitals.no_traffic() is not None
+    vitals.retire_tester()
+    assert vitals.no_traffic() is None
+    assert vitals.explain("within_limits: outage 70 ms exceeds --max-outage-ms 0.001")[0] == (
+        "within_limits: outage 70 ms exceeds --max-outage-ms 0.001"
+    )

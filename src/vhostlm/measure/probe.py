@@ -1,6 +1,6 @@
 """The probe stream: sequence-numbered ICMP echo requests to the guest, every reply timed.
 
-Run in the tester's namespace as `python -m vhostlm.measure.probe`. scapy builds the
+Run on the tester (copied there by `Tester`) as `python probe.py`. scapy builds the
 frame once; each probe gets its 64-bit sequence number in the payload (ICMP's own 16-bit
 sequence wraps after a minute at 1000 pps) and is sent on a raw AF_PACKET socket, paced
 in small batches so the rate holds at thousands per second. A receive thread stamps every
@@ -153,7 +153,7 @@ class ProbeRun:
 
 def main(argv: list[str] | None = None) -> int:
     """Probe until SIGTERM/SIGINT (or --count), then write --out."""
-    parser = argparse.ArgumentParser(prog="vhostlm.measure.probe")
+    parser = argparse.ArgumentParser(prog="probe.py")
     parser.add_argument("--iface", required=True)
     parser.add_argument("--dst-mac", required=True)
     parser.add_argument("--src-ip", required=True)

@@ -1,6 +1,6 @@
 """The tester's traffic: the seed's scapy frame, sent continuously with a sequence number.
 
-Run inside the tester's namespace as `python -m vhostlm.measure.sender`. scapy builds
+Run on the tester (copied there by `Tester`) as `python sender.py`. scapy builds
 `Ether(dst=...)/IP()/UDP()/Raw(...)` once; each frame carries its sequence number in the
 payload and goes out on a raw AF_PACKET socket, so the rate does not hinge on scapy's
 per-packet cost. It prints `sent N` lines while running and `total N` when stopped.
@@ -50,7 +50,7 @@ def read_seq(frame: bytes) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Send until SIGTERM/SIGINT or --count; print progress and the total."""
-    parser = argparse.ArgumentParser(prog="vhostlm.measure.sender")
+    parser = argparse.ArgumentParser(prog="sender.py")
     parser.add_argument("--iface", required=True)
     parser.add_argument("--dst", required=True, help="destination MAC")
     parser.add_argument("--pps", type=float, default=50.0)

@@ -74,6 +74,10 @@ class Vitals:
         """Watch the tester: its death or a stalled sent counter means no traffic."""
         self.tester = tester
 
+    def retire_tester(self) -> None:
+        """The case stops the tester on purpose (its traffic is done): no fault from now."""
+        self.tester = None
+
     def retire(self, process: Process) -> None:
         """The case stops `process` on purpose: its end is no fault."""
         self._watched = [w for w in self._watched if w.process is not process]

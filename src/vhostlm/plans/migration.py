@@ -326,10 +326,12 @@ class MigrationCase:
                     vitals.retire(a.vm.process)
                     a.vm.stop()  # the source ends in postmigrate: its job is done
         except (CaseAborted, CaseSkipped):
+            vitals.retire_tester()
             result.measure = traffic.finish(migration.figures)  # the figures of a failure
             result.traffic.sent = traffic.sent()
             raise
 
+        vitals.retire_tester()  # the traffic ends here on purpose
         result.measure = traffic.finish(migration.figures)
         result.traffic.sent = traffic.sent()
         if opts.max_outage_ms is not None or opts.max_loss is not None:
