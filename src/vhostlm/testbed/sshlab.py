@@ -9,7 +9,6 @@ writes drives the same cases through the SSH path as on real hardware.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -128,12 +127,3 @@ def start_ssh_lab(lab: Lab, accel: str, python: str) -> Path:
     header = f"# the SSH lab {lab.run_id}; remove it with: vhostlm lab down {lab.run_id}\n"
     path.write_text(header + yaml.safe_dump(testbed, sort_keys=False))
     return path
-
-
-def mgmt_addresses(testbed: Path) -> dict[str, str]:
-    """role -> SSH address, read back from a testbed file written by start_ssh_lab."""
-    data = yaml.safe_load(testbed.read_text())
-    return {role: str(node["ssh"]["address"]) for role, node in data["nodes"].items()}
-
-
-ADDR_RE = re.compile(rf"^{re.escape(MGMT_NET)}\.\d+\.\d+$")
