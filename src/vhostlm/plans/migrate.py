@@ -213,14 +213,19 @@ class Migration:
         try:
             with runner.step("migration_completed" + sfx, "step 12") as step:
                 ends = (*END_STATES, "postcopy-paused") if case.postcopy else END_STATES
-                left = max(0.0, opts.migration_timeout_s - (time.monotonic() - started))
-                try:
-                    event = wait_migration(a.vm, ev_a, ends, left)
-                except SetupError:
-                    if not a.vm.process.alive():
-                        raise  # the source itself is gone: nothing to cancel
+                deadline = started + opts.migration_timeout_s
+                ended = self._wait_end(a, b, ev_a, ends, deadline)
+                if ended is None:
                     survivable = True
+                    dead = self.vitals.casualties(b.role)
+                    if dead:  # no backend on the destination: do not wait for the timeout
+                        figures = self._cancelled(leg, a, b, ev_a, marks)
+                        raise StepFailed(
+                            f"{'; '.join(dead)} before the switch-over to the {b.role}; "
+                            f"migration cancelled ({figures}), the guest stays on the {a.role}"
+                        )
                     raise StepFailed(self._timed_out(leg, a, b, ev_a, marks)) from None
+                event = ended
                 self.result.phases[f"migration{sfx}_s"] = round(time.monotonic() - started, 3)
                 if event["data"]["status"] == "postcopy-paused":
                     postcopy_paused(b.vm)
@@ -269,16 +274,40 @@ class Migration:
         if leg == 0:
             self.result.migration = figs
 
-    def _timed_out(self, leg: int, a: Side, b: Side, since: int, marks: dict[str, float]) -> str:
-        """--migration-timeout passed: keep the figures so far, cancel, say so."""
-        limit = self.env.options.migration_timeout_s
+    def _wait_end(
+        self, a: Side, b: Side, since: int, ends: tuple[str, ...], deadline: float
+    ) -> dict[str, Any] | None:
+        """The migration's end event; None at `deadline` or as soon as a process the
+        destination needs (its testpmd, its QEMU) has died: it can then never complete."""
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return wait_migration(a.vm, since, ends, max(0.0, min(left, 1.0)))
+            except SetupError:
+                if not a.vm.process.alive():
+                    raise  # the source itself is gone: nothing to cancel
+            if left <= 1.0:
+                return None
+            if self.vitals.casualties(b.role):
+                try:  # a dead destination QEMU fails the migration by itself: let it say so
+                    return wait_migration(a.vm, since, ends, 3.0)
+                except SetupError:
+                    return None
+
+    def _cancelled(self, leg: int, a: Side, b: Side, since: int, marks: dict[str, float]) -> str:
+        """Cancel the migration, keep its figures so far; the figures, in words."""
         self.vitals.retire(b.vm.process)  # the destination ends with the cancel
         figs = self._cancel(a.vm, since, marks)
         self._record(leg, figs)
+        return f"{figures_line(figs)}, {figs.mbps:.1f} Mbit/s"
+
+    def _timed_out(self, leg: int, a: Side, b: Side, since: int, marks: dict[str, float]) -> str:
+        """--migration-timeout passed: keep the figures so far, cancel, say so."""
+        limit = self.env.options.migration_timeout_s
+        figures = self._cancelled(leg, a, b, since, marks)
         return (
-            f"migration did not complete within --migration-timeout {limit:g} s "
-            f"({figures_line(figs)}, {figs.mbps:.1f} Mbit/s); cancelled, the guest stays "
-            f"on the {a.role}"
+            f"migration did not complete within --migration-timeout {limit:g} s ({figures}); "
+            f"cancelled, the guest stays on the {a.role}"
         )
 
     def _source_keeps_receiving(self, leg: int, a: Side, after: str) -> None:
