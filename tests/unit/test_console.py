@@ -61,3 +61,18 @@ def test_the_end_of_a_command_may_arrive_on_the_destination(tmp_path: Path) -> N
         thread = answer(guest, dst, 0)
         GuestShell(src).run("true", timeout=0.5)
     thread.join()
+
+
+def test_an_interrupted_wait_keeps_its_keyboard_interrupt() -> None:
+    """Ctrl-C raised inside Condition.wait after it let go of the lock: the waiter sees
+    KeyboardInterrupt (not RuntimeError from releasing an unheld lock) and the lock is free."""
+    import threading
+
+    from vhostlm.nodes.stream import _waiting
+
+    cond = threading.Condition()
+    with pytest.raises(KeyboardInterrupt), _waiting(cond):
+        cond.release()  # where an interrupted wait leaves it
+        raise KeyboardInterrupt
+    assert cond.acquire(blocking=False)
+    cond.release()

@@ -7,17 +7,34 @@ log file from the first moment; callers wait on patterns in that buffer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 from vhostlm.errors import SetupError
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@contextlib.contextmanager
+def _waiting(cond: threading.Condition) -> Iterator[None]:
+    """Hold `cond` around a wait that Ctrl-C may interrupt.
+
+    The run turns SIGINT/SIGTERM into KeyboardInterrupt in the main thread; raised inside
+    `Condition.wait` just after it let go of the lock, the plain `with` would then fail to
+    release it and replace the KeyboardInterrupt with a RuntimeError (seen in CI).
+    """
+    cond.acquire()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(RuntimeError):  # already released by the interrupted wait
+            cond.release()
 
 
 class ExpectTimeout(SetupError):
@@ -87,7 +104,7 @@ class OutputStream:
     def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> bool:
         """Wait until `predicate(text)` holds for the whole output; False on timeout or end."""
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with _waiting(self._cond):
             while not predicate(self._text_locked()):
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
@@ -105,7 +122,7 @@ class OutputStream:
         """Wait until `pattern` appears after `since`; raise ExpectTimeout naming it."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
-        with self._cond:
+        with _waiting(self._cond):
             while True:
                 match = regex.search(self._text_locked(), since)
                 if match:
