@@ -106,7 +106,10 @@ def test_seed_plan_over_ssh_passes_and_leaves_nothing(
     assert not PWNED.exists(), "a testbed value was run as a shell command"
     hostile = Path(HOSTILE_WORKDIR)
     assert hostile.is_dir() and list(hostile.iterdir()) == []  # it was a directory name
-    hostile.rmdir()
+    for made in (hostile, *hostile.parents):  # mkdir -p made its parents too
+        if made == Path("/tmp"):
+            break
+        made.rmdir()
 
 
 @pytest.mark.parametrize(
