@@ -11,6 +11,10 @@ APT_PACKAGES := python3 python3-venv python3-pip qemu-system-x86 qemu-utils \
 	iputils-ping chromium openssh-server openssh-client dpdk openssl
 RUN_ARGS  ?=
 PYTEST_ARGS ?=
+# The destination guest kernel sometimes crashes after a migration with DPDK 22.11 vhost
+# under QEMU 7.2 TCG (issue 4; bench/crash_repro.py). A test that fails with exactly that
+# signature runs once more; a second crash, or any other failure, stays red.
+KNOWN_CRASH := --reruns 1 --only-rerun "the guest kernel crashed"
 
 .PHONY: all run test deps venv image lint unit e2e bench clean down
 
@@ -52,7 +56,7 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 test: deps venv image lint
-	$(VENV)/bin/pytest -v -rs tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -v -rs tests $(KNOWN_CRASH) $(PYTEST_ARGS)
 
 bench: deps venv image
 	$(PY) bench/seed_bench.py
