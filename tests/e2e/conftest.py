@@ -6,10 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.e2e.live import LiveRun
 
 ROOT = Path(__file__).resolve().parents[2]
 HUGE_NR = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
@@ -91,3 +95,15 @@ def hugepages_before() -> int:
     """The hugepage pool (less other runs' pages) before the test, to check it was given
     back: compare with `hugepages_baseline()` afterwards."""
     return hugepages_baseline()
+
+
+@pytest.fixture
+def live(hugepages_before: int) -> Iterator[list[LiveRun]]:
+    """Runs a test started (tests.e2e.live); afterwards each is gone, nothing left behind."""
+    runs: list[LiveRun] = []
+    yield runs
+    for run in runs:
+        run.stop()
+        assert run.run_id, run.output()
+        assert leftovers(run.run_id) == [], run.output()
+    assert hugepages_baseline() == hugepages_before

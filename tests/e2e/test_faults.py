@@ -10,29 +10,15 @@ fault lands while it is active.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import hugepages_baseline, leftovers
 from tests.e2e.live import LiveRun, steps
 
 CASE = "virtio_net"
 DURING = f"{CASE}: receives_during_migration"  # migrate issued, MIGRATION event 'active'
 SLOW = ("--max-bandwidth", "40")  # ~110 MiB of guest RAM at 5 MB/s: about 20 s
-
-
-@pytest.fixture
-def live(tmp_path: Path, hugepages_before: int) -> Iterator[list[LiveRun]]:
-    """Runs started by the test; afterwards each is gone, with nothing left behind."""
-    runs: list[LiveRun] = []
-    yield runs
-    for run in runs:
-        run.stop()
-        assert run.run_id, run.output()
-        assert leftovers(run.run_id) == [], run.output()
-    assert hugepages_baseline() == hugepages_before
 
 
 def start(runs: list[LiveRun], out: Path, *args: str) -> LiveRun:

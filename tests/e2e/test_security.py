@@ -13,24 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import hugepages_baseline, leftovers
 from tests.e2e.live import LiveRun, steps
 
 CASE = "virtio_net"
 PWNED = Path("/tmp/pwned")
 USERS_PID_RE = re.compile(r"pid=(\d+)")
-
-
-@pytest.fixture
-def live(hugepages_before: int) -> Iterator[list[LiveRun]]:
-    """Runs started by the test; afterwards each is gone, with nothing left behind."""
-    runs: list[LiveRun] = []
-    yield runs
-    for run in runs:
-        run.stop()
-        assert run.run_id, run.output()
-        assert leftovers(run.run_id) == [], run.output()
-    assert hugepages_baseline() == hugepages_before
 
 
 def listeners(netns: str | None, proto: str) -> list[tuple[str, str, set[int]]]:
