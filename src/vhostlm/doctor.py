@@ -23,8 +23,24 @@ from vhostlm.testbed.remote import free_hugepage_mb, make_node, remote_sha256
 
 QEMU = "qemu-system-x86_64"
 PACKED_QEMU = (4, 2)  # packed=on on virtio-net-pci
+# "physmem: Fix migration dirty bitmap coherency with TCG memory access" (QEMU 9.0): before
+# it, TCG guest writes could miss the migration's dirty bitmap and the destination guest
+# crashed (issue 4). KVM tracks dirty pages itself.
+TCG_MIGRATION_QEMU = (9, 0)
 PMDS = ("net_vhost", "net_virtio")
 PMD_GLOB = "/usr/lib/*/dpdk/pmds-*/librte_{}.so*"
+
+
+def qemu_fitness(version: tuple[int, int], kvm: bool) -> tuple[bool | None, str]:
+    """The doctor's verdict on a QEMU version (ok / None for a warning / fail) and the fix."""
+    if version < TCG_MIGRATION_QEMU:
+        why = "QEMU >= 9.0: older TCG loses dirty pages in migration (the guest crashes)"
+        if not kvm:
+            return False, why
+        return None, why + "; fine under KVM"
+    if version < PACKED_QEMU:
+        return None, "QEMU >= 4.2 for the packed-ring cases"
+    return True, ""
 
 
 @dataclass
@@ -81,14 +97,14 @@ class Doctor:
     # checks of one node ----------------------------------------------------------------
     def programs(self, role: str, node: Node, qemu: str, testpmd: str) -> None:
         """QEMU (version, packed ring), testpmd and its vhost and virtio PMDs, KVM."""
+        kvm = node.execute(["test", "-w", "/dev/kvm"]).status == 0
         out = node.execute([qemu, "--version"])
         version = qemu_version(out.stdout) if out.status == 0 else None
         if version is None:
             self.add(role, "qemu", False, f"{qemu} not found", "apt-get install qemu-system-x86")
         else:
-            packed = version >= PACKED_QEMU
-            self.add(role, "qemu", True if packed else None, f"{qemu} {version[0]}.{version[1]}",
-                     "" if packed else "QEMU >= 4.2 for the packed-ring cases")  # fmt: skip
+            ok, fix = qemu_fitness(version, kvm)
+            self.add(role, "qemu", ok, f"{qemu} {version[0]}.{version[1]}", fix)
         if node.which(testpmd) is None:
             self.add(role, "testpmd", False, f"{testpmd} not found", "apt-get install dpdk-dev")
         else:
@@ -99,7 +115,6 @@ class Doctor:
             package = f"librte-{pmd.replace('_', '-')}23"
             self.add(role, f"pmd {pmd}", bool(found), found or "not found",
                      "" if found else f"apt-get install {package}")  # fmt: skip
-        kvm = node.execute(["test", "-w", "/dev/kvm"]).status == 0
         detail = "/dev/kvm present (a boot probe decides)" if kvm else "TCG only"
         self.add(role, "kvm", True if kvm else None, detail,
                  "" if kvm else "guests run slower under TCG")  # fmt: skip

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from vhostlm.doctor import Doctor, qemu_version
+from vhostlm.doctor import Doctor, qemu_fitness, qemu_version
 
 
 def test_qemu_version_parsing() -> None:
     assert qemu_version("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u16)") == (7, 2)
     assert qemu_version("QEMU emulator version 10.1.0") == (10, 1)
     assert qemu_version("command not found") is None
+
+
+def test_qemu_before_9_fails_under_tcg_and_warns_under_kvm() -> None:
+    assert qemu_fitness((7, 2), kvm=False)[0] is False
+    assert "9.0" in qemu_fitness((7, 2), kvm=False)[1]
+    assert qemu_fitness((8, 2), kvm=True)[0] is None
+    assert qemu_fitness((9, 0), kvm=False) == (True, "")
+    assert qemu_fitness((10, 0), kvm=True) == (True, "")
 
 
 def test_a_failed_check_fails_the_verdict_a_warning_does_not() -> None:

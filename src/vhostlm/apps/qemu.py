@@ -40,6 +40,9 @@ class VmSpec:
     queues: int = 1
     packed: bool = False
     incoming: str | None = None
+    # `-incoming defer`: listen on `incoming` only at `migrate-incoming`, once the
+    # capabilities that must precede it (multifd, since QEMU 8) are set
+    defer_incoming: bool = False
     disk: Path | None = None  # a shared disk image (the seed's NFS one), attached read-only
     append: str = "console=ttyS0 hugepages=256 init_on_alloc=0 panic=-1 quiet"
     binary: str = QEMU_BINARY
@@ -88,7 +91,7 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         argv += ["-drive", f"file={spec.disk},if=none,id=disk0,format=raw,readonly=on",
                  "-device", "virtio-blk-pci,drive=disk0"]  # fmt: skip
     if spec.incoming:
-        argv += ["-incoming", spec.incoming]
+        argv += ["-incoming", "defer" if spec.defer_incoming else spec.incoming]
     return argv
 
 

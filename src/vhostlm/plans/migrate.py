@@ -7,6 +7,7 @@ still be active when the time is up (then they are cancelled), never hang.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,20 +56,24 @@ def figures_line(fig: MigrationFigures) -> str:
     )
 
 
-# What QEMU 7.2 prints on the destination when a vhost-user backend has touched guest
-# pages that postcopy then tries to place: postcopy with vhost-user cannot work there.
-POSTCOPY_EEXIST = "postcopy_place_page: File exists"
+# What the destination QEMU prints when a vhost-user backend has already faulted in a guest
+# page that postcopy then tries to place (EEXIST): postcopy with vhost-user cannot work
+# there. QEMU 7.2 says the first, QEMU 10 the second.
+POSTCOPY_EEXIST = re.compile(
+    r"postcopy_place_page: File exists|uffd_copy_page\(\) failed: .*errno=17"
+)
 
 
 def postcopy_paused(dst: QemuVm) -> None:
     """The migration stopped in postcopy-paused: skip on the known incompatibility, else fail."""
     out = dst.process.output
-    out.wait_for(lambda t: POSTCOPY_EEXIST in t or "Migration paused" in t, 10)
+    out.wait_for(lambda t: bool(POSTCOPY_EEXIST.search(t)) or "Migration paused" in t, 10)
     log = out.text()
-    if POSTCOPY_EEXIST in log:
+    if known := POSTCOPY_EEXIST.search(log):
         raise CaseSkipped(
             "postcopy with a vhost-user backend does not work with this QEMU and DPDK: the "
-            f"destination QEMU says '{POSTCOPY_EEXIST}' (the guest is lost in postcopy-paused)"
+            f"destination QEMU could not place a page the backend had already touched "
+            f"('{known.group(0)}'; the guest is lost in postcopy-paused)"
         )
     lines = log.strip().splitlines()
     raise StepFailed(f"postcopy paused: {lines[-1] if lines else 'destination said nothing'}")
@@ -140,6 +145,8 @@ class Migration:
                     vm.qmp("migrate-set-parameters", **mine)
             except SetupError as exc:
                 raise CaseSkipped(f"this QEMU refuses {caps} / {mine}: {exc}") from exc
+        if b.vm.spec.defer_incoming:  # started with `-incoming defer`: listen now
+            b.vm.qmp("migrate-incoming", uri=b.vm.spec.incoming)
         got = a.vm.qmp("query-migrate-parameters")
         keys = ["downtime-limit", "max-bandwidth", "multifd-channels"]
         if self.tls is not None:

@@ -194,6 +194,7 @@ class MigrationCase:
             queues=self.queues,
             packed=self.packed,
             incoming=(f"tcp:{bed.migration_ip(role)}:{bed.migration_port}" if incoming else None),
+            defer_incoming=incoming and bool(self.capabilities.get("multifd")),
             binary=bed.tools(role).qemu,
             disk=Path(disk) if (disk := bed.guest_disk()) else None,
         )
