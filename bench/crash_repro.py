@@ -12,9 +12,12 @@ on the destination for 6 s. Modes:
 - ``vhost-rx``: the same with testpmd in ``txonly`` mode: DPDK writes packets into the
   guest's receive buffers during the migration.
 
-Measured on this machine (QEMU 7.2, DPDK 22.11): ``vhost-rx`` broke the destination guest
-(hang or oops) in 3 of 4 runs, the others in none. Run as root: ``python bench/crash_repro.py
-vhost-rx --runs 3``.
+Measured on this machine (DPDK 22.11): with Debian 12's QEMU 7.2, ``vhost-rx`` broke the
+destination guest (hang or oops) in 3 of 4 runs, the others in none; with QEMU 10.0.2
+(bookworm-backports) ``vhost-rx`` broke 0 of 4. The fix is QEMU 9.0's "physmem: Fix
+migration dirty bitmap coherency with TCG memory access": the bitmap sync left TCG's TLB
+dirty state alone, so later guest writes through cached entries were never re-sent. Run as
+root: ``python bench/crash_repro.py vhost-rx --runs 4``.
 """
 
 from __future__ import annotations
