@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vhostlm.apps.qemu import qemu_version
 from vhostlm.errors import VhostlmError
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
@@ -52,12 +53,6 @@ class Check:
     ok: bool | None  # None: a warning, the plan can still run
     detail: str
     fix: str = ""
-
-
-def qemu_version(text: str) -> tuple[int, int] | None:
-    """(major, minor) from `qemu-system-x86_64 --version` output."""
-    found = re.search(r"version (\d+)\.(\d+)", text)
-    return (int(found[1]), int(found[2])) if found else None
 
 
 class Doctor:

@@ -14,6 +14,7 @@ from types import FrameType
 
 from vhostlm import __version__
 from vhostlm.apps.accel import boots_under_kvm, probe_accel
+from vhostlm.apps.qemu import qemu_version as parse_qemu
 from vhostlm.image.build import GuestImage, build_image
 from vhostlm.plans.env import LabEnv, RunOptions
 from vhostlm.plans.migration import TESTPMD_MB, MigrationCase
@@ -157,7 +158,9 @@ def run_plan(
         else:
             result.accel = _remote_accel(remote, rundir)
         result.phases["accel_probe_s"] = round(time.monotonic() - t, 3)
-        env = LabEnv(rundir, bed, img, result.accel, options, progress)
+        env = LabEnv(
+            rundir, bed, img, result.accel, options, progress, parse_qemu(result.versions["qemu"])
+        )
         result.host["guest_cpu"] = env.cpu
         for case_type in cases:
             result.cases.append(case_type().run(env))

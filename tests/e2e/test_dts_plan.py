@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import leftovers, load, vhostlm
+from vhostlm.apps.qemu import msix_vectors, qemu_version
 
 NAMES = sorted(
     f"{ring}_{shape}"
@@ -27,6 +28,7 @@ def dts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "cases": {c["name"]: c for c in data["cases"]},
         "commands": (out / "commands.sh").read_text().splitlines(),
         "leftovers": leftovers(data["run_id"]),
+        "vectors": msix_vectors(4, data["accel"], qemu_version(data["versions"]["qemu"])),
     }
 
 
@@ -57,5 +59,9 @@ def test_mq4_cases_change_queues_while_migrating(dts: dict[str, Any]) -> None:
         assert steps["receives_after_migration"]["verdict"] == "pass"
     mq_qemu = [ln for ln in dts["commands"] if "qemu-system" in ln and "mq4" in ln]
     assert mq_qemu and all("mq=on" in ln and "queues=4" in ln for ln in mq_qemu)
+    # MSI-X vectors as DTS gives them (10 for 4 queue pairs) where this QEMU can
+    assert all(f"vectors={dts['vectors']}" in ln for ln in mq_qemu)
+    mq_cases = [c for n, c in dts["cases"].items() if "mq4" in n]
+    assert all(c["options"]["vectors"] == dts["vectors"] for c in mq_cases)
     mq_pmd = [ln for ln in dts["commands"] if "dpdk-testpmd" in ln and "mq4" in ln]
     assert mq_pmd and all("--rxq=4" in ln and "queues=4" in ln for ln in mq_pmd)

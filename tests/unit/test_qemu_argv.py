@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vhostlm.apps.qemu import VmSpec, qemu_argv
+from vhostlm.apps.qemu import VmSpec, msix_vectors, qemu_argv, qemu_version
 
 
 def spec(**kw: object) -> VmSpec:
@@ -67,3 +67,24 @@ def test_shared_disk_is_attached_read_only() -> None:
     argv = qemu_argv(spec(disk=Path("/nfs/guest.img")))
     assert opt(argv, "-drive") == ["file=/nfs/guest.img,if=none,id=disk0,format=raw,readonly=on"]
     assert "virtio-blk-pci,drive=disk0" in opt(argv, "-device")
+
+
+def test_deferred_destination_listens_only_at_migrate_incoming() -> None:
+    argv = qemu_argv(spec(incoming="tcp:198.18.0.2:4444", defer_incoming=True))
+    assert opt(argv, "-incoming") == ["defer"]
+
+
+def test_msix_vectors_as_dts_except_where_qemu_crashes_with_them() -> None:
+    assert msix_vectors(4, "tcg", (10, 0)) == 10
+    assert msix_vectors(1, "tcg", (10, 1)) == 4
+    assert msix_vectors(4, "kvm", (7, 2)) == 10
+    assert msix_vectors(4, "tcg", (7, 2)) == 0  # QEMU 7.2 segfaults with MSI-X under TCG
+    assert msix_vectors(1, "tcg", None) == 0
+    device = opt(qemu_argv(spec(vectors=10, queues=4)), "-device")[0]
+    assert "vectors=10" in device and "mq=on" in device
+
+
+def test_qemu_version_from_a_bare_number_or_the_banner() -> None:
+    assert qemu_version("10.0.2") == (10, 0)
+    assert qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)") == (7, 2)
+    assert qemu_version("") is None

@@ -61,6 +61,7 @@ class LabEnv:
     accel: str
     options: RunOptions
     progress: Progress
+    qemu_version: tuple[int, int] | None = None  # the host's QEMU, (major, minor)
 
     @property
     def cpu(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import Receiver
-from vhostlm.apps.qemu import QemuVm, VmSpec
+from vhostlm.apps.qemu import QemuVm, VmSpec, msix_vectors
 from vhostlm.apps.testpmd import VERBOSE_RX_RE, TestPmd, check_socket_free, testpmd_argv
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.image.build import READY_MARKER
@@ -192,6 +192,7 @@ class MigrationCase:
             smp=self.vcpus(env),
             mem_path=Path(bed.hugedir(role)) if env.options.guest_memory == "hugetlbfs" else None,
             queues=self.queues,
+            vectors=msix_vectors(self.queues, env.accel, env.qemu_version),
             packed=self.packed,
             incoming=(f"tcp:{bed.migration_ip(role)}:{bed.migration_port}" if incoming else None),
             defer_incoming=incoming and bool(self.capabilities.get("multifd")),
@@ -224,6 +225,7 @@ class MigrationCase:
             "guest_mem_mb": opts.guest_mem_mb,
             "guest_smp": self.vcpus(env),
             "queues": self.queues,
+            "vectors": msix_vectors(self.queues, env.accel, env.qemu_version),
             "packed": self.packed,
             "cpu": env.cpu,
             "switch_learning": opts.switch_learning,
