@@ -21,7 +21,6 @@ class VirtioPmd(MigrationCase):
     name = "virtio_pmd"
     driver_step = "guest_testpmd"
     reconnects = True
-    smp = 2  # testpmd's main lcore and one forwarding lcore
 
     def receiver(self, probes: bool) -> Receiver:
         """testpmd in the guest."""
