@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import queue
+import socket
+import threading
+
 import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements
-from vhostlm.measure.probe import build_template, checksum, reply_seq, stamp
+from vhostlm.measure.probe import ProbeRun, build_template, checksum, reply_seq, stamp
 from vhostlm.plans.traffic import check_limits
 
 TEMPLATE = build_template("52:54:00:00:00:01", "02:00:00:00:00:03", "198.18.1.3", "198.18.1.100")
@@ -39,6 +43,41 @@ def test_foreign_frames_are_not_replies() -> None:
     other = bytes(Ether() / IP(src="1.1.1.1", dst="2.2.2.2") / ICMP(type=0) / b"hello-world-xyz")
     assert reply_seq(other) is None
     assert reply_seq(b"\x00" * 20) is None
+
+
+class FakeRx:
+    """A receive socket fed by the test: frames from a queue, TimeoutError when idle."""
+
+    def __init__(self) -> None:
+        self.frames: queue.Queue[bytes] = queue.Queue()
+        self.seen = threading.Semaphore(0)
+
+    def recvfrom(self, _size: int) -> tuple[bytes, tuple[str, int, int]]:
+        try:
+            frame = self.frames.get(timeout=0.05)
+        except queue.Empty:
+            raise TimeoutError from None
+        self.seen.release()
+        return frame, ("veth", 0x0800, socket.PACKET_HOST)
+
+
+def test_stopping_the_sender_keeps_the_receiver_for_replies_in_flight() -> None:
+    run = ProbeRun.__new__(ProbeRun)  # no AF_PACKET sockets: the receive loop alone
+    run.reply_seq, run.reply_ts = [], []  # type: ignore[assignment]
+    run.sending = run.receiving = True
+    rx = FakeRx()
+    run.rx = rx  # type: ignore[assignment]
+    thread = threading.Thread(target=run.receive, daemon=True)
+    thread.start()
+    rx.frames.put(as_reply(stamp(TEMPLATE, 7)))
+    assert rx.seen.acquire(timeout=5)
+    run.sending = False  # what SIGTERM does: the last probes are still on their way back
+    rx.frames.put(as_reply(stamp(TEMPLATE, 8)))
+    assert rx.seen.acquire(timeout=5)
+    run.receiving = False  # what main() does after the drain
+    thread.join(5)
+    assert not thread.is_alive()
+    assert list(run.reply_seq) == [7, 8]
 
 
 TCPDUMP = """\

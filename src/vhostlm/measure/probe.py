@@ -87,7 +87,10 @@ class ProbeRun:
         self.send_ts = array("d")
         self.reply_seq = array("q")
         self.reply_ts = array("d")
-        self.running = True
+        # two flags: SIGTERM ends the sending only; one shared flag let the receive thread
+        # see it first and quit, so the replies still in flight were counted as lost
+        self.sending = True
+        self.receiving = True
         self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         self.tx.bind((iface, 0))
         self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -97,7 +100,7 @@ class ProbeRun:
 
     def receive(self) -> None:
         """Stamp every echo reply until stopped (runs in its own thread)."""
-        while self.running:
+        while self.receiving:
             try:
                 frame, addr = self.rx.recvfrom(2048)
             except TimeoutError:
@@ -116,7 +119,7 @@ class ProbeRun:
         """Send at `pps` in small batches until stopped (or `count` probes)."""
         start = time.monotonic()
         last_report = start
-        while self.running and (count == 0 or len(self.send_ts) < count):
+        while self.sending and (count == 0 or len(self.send_ts) < count):
             due = int((time.monotonic() - start) * self.pps) + 1
             if count:
                 due = min(due, count)
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
-        run.running = False
+        run.sending = False
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -177,9 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     receiver.start()
     print(f"probing {args.dst_ip} ({args.dst_mac}) on {args.iface} at {args.pps:g} pps", flush=True)
     run.send(args.count)
-    run.running = True
     run.drain(0.5)
-    run.running = False
+    run.receiving = False
     receiver.join(1)
     run.dump(args.out)
     print(f"total sent {len(run.send_ts)} replies {len(run.reply_ts)}", flush=True)
