@@ -81,6 +81,10 @@ class MigrationCase:
         """The guest's vCPUs: --guest-smp, else the case's own."""
         return env.options.guest_smp or self.smp
 
+    def vectors(self, env: LabEnv) -> int:
+        """The NIC's MSI-X vectors on this QEMU and accelerator (0: INTx)."""
+        return msix_vectors(self.queues, env.accel, env.qemu_version)
+
     def legs(self, env: LabEnv) -> int:
         """How many migrations the case makes."""
         trips = env.options.round_trips if env.options.round_trips is not None else self.round_trips
@@ -192,7 +196,7 @@ class MigrationCase:
             smp=self.vcpus(env),
             mem_path=Path(bed.hugedir(role)) if env.options.guest_memory == "hugetlbfs" else None,
             queues=self.queues,
-            vectors=msix_vectors(self.queues, env.accel, env.qemu_version),
+            vectors=self.vectors(env),
             packed=self.packed,
             incoming=(f"tcp:{bed.migration_ip(role)}:{bed.migration_port}" if incoming else None),
             defer_incoming=incoming and bool(self.capabilities.get("multifd")),
@@ -225,7 +229,7 @@ class MigrationCase:
             "guest_mem_mb": opts.guest_mem_mb,
             "guest_smp": self.vcpus(env),
             "queues": self.queues,
-            "vectors": msix_vectors(self.queues, env.accel, env.qemu_version),
+            "vectors": self.vectors(env),
             "packed": self.packed,
             "cpu": env.cpu,
             "switch_learning": opts.switch_learning,
