@@ -23,7 +23,6 @@ root: ``python bench/crash_repro.py vhost-rx --runs 4``.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,12 +32,13 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from vhostlm.apps.console import Console, GuestShell
+from vhostlm.apps.guest import guest_crash
 from vhostlm.apps.qemu import GUEST_MAC
 from vhostlm.image.build import READY_MARKER, build_image
+from vhostlm.nodes.local import LocalNode
 from vhostlm.plans.migration import start_dirty_load
 from vhostlm.runner import CACHE_DIR
 
-CRASH_RE = re.compile(r"(BUG|Oops|general protection|Kernel panic|invalid opcode)[^\n]*")
 MODES = ("private", "memfd", "vhost-idle", "vhost-rx")
 
 
@@ -81,29 +81,21 @@ def testpmd(mode: str, d: Path, name: str) -> subprocess.Popen[str]:
     return proc
 
 
-def wait_socket(path: Path, timeout: float = 20.0) -> None:
-    """Wait for a program to create `path`."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {path}")
-        time.sleep(0.05)
-
-
 def one_run(mode: str, d: Path) -> str:
     """One migration; a line saying whether the destination guest kept running."""
     img = build_image(CACHE_DIR / "images")
     procs: list[subprocess.Popen[str]] = []
+    here = LocalNode("repro")
     try:
         if mode.startswith("vhost"):
             procs += [testpmd(mode, d, "src"), testpmd(mode, d, "dst")]
             for name in ("src", "dst"):
-                wait_socket(d / f"{name}-vhost.sock")
+                here.wait_socket(str(d / f"{name}-vhost.sock"), 20)
         for name in ("src", "dst"):
             argv = qemu_argv(mode, img.kernel, img.initrd, d, name)
             procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, text=True,
                                           stderr=subprocess.DEVNULL))  # fmt: skip
-            wait_socket(d / f"{name}-qmp.sock")
+            here.wait_socket(str(d / f"{name}-qmp.sock"), 20)
         src_con = Console("src", d / "src-con.sock", d / "src.log").connect()
         dst_con = Console("dst", d / "dst-con.sock", d / "dst.log").connect()
         src_qmp = QEMUMonitorProtocol(str(d / "src-qmp.sock"))
@@ -126,12 +118,12 @@ def one_run(mode: str, d: Path) -> str:
             if time.monotonic() > deadline:
                 return "migration did not end in 120 s"
             time.sleep(0.2)
-        dst_con.output.wait_for(lambda text: bool(CRASH_RE.search(text)), 6)
+        dst_con.output.wait_for(lambda text: guest_crash(text) is not None, 6)
         out = dst_con.output.text()
-        crash = CRASH_RE.search(out)
+        crash = guest_crash(out)
         ticks = out.count("TICK")
         if crash:
-            return f"destination guest crashed: {crash.group(0)[:100]}"
+            return f"destination guest crashed: {crash[:100]}"
         return "ok" if ticks >= 5 else f"destination guest silent ({ticks} ticks in 6 s)"
     finally:
         for proc in procs:
