@@ -34,9 +34,9 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from vhostlm.apps.console import Console, GuestShell
 from vhostlm.apps.guest import guest_crash
 from vhostlm.apps.qemu import GUEST_MAC
+from vhostlm.guests.initramfs import start_dirty_load
 from vhostlm.image.build import READY_MARKER, build_image
 from vhostlm.nodes.local import LocalNode
-from vhostlm.plans.migration import start_dirty_load
 from vhostlm.runner import CACHE_DIR
 
 MODES = ("private", "memfd", "vhost-idle", "vhost-rx")

@@ -15,9 +15,11 @@ from types import FrameType
 from vhostlm import __version__
 from vhostlm.apps.accel import boots_under_kvm, probe_accel
 from vhostlm.apps.qemu import qemu_version as parse_qemu
+from vhostlm.backends.testpmd import TESTPMD_MB
 from vhostlm.image.build import GuestImage, build_image
 from vhostlm.plans.env import LabEnv, RunOptions
-from vhostlm.plans.migration import TESTPMD_MB, MigrationCase
+from vhostlm.plans.flow import run_case
+from vhostlm.plans.spec import CaseSpec
 from vhostlm.preflight import preflight
 from vhostlm.report.html import render_report_files
 from vhostlm.report.junit import write_junit
@@ -83,7 +85,7 @@ def _remote_accel(bed: RemoteBed, rundir: RunDir) -> str:
 
 
 def run_plan(
-    cases: list[type[MigrationCase]],
+    cases: list[CaseSpec],
     options: RunOptions,
     output: Path | None,
     progress: Progress,
@@ -162,8 +164,8 @@ def run_plan(
             rundir, bed, img, result.accel, options, progress, parse_qemu(result.versions["qemu"])
         )
         result.host["guest_cpu"] = env.cpu
-        for case_type in cases:
-            result.cases.append(case_type().run(env))
+        for case in cases:
+            result.cases.append(run_case(case, env))
     finally:
         for sig in previous:  # a second Ctrl-C must not cut the teardown short
             signal.signal(sig, signal.SIG_IGN)

@@ -12,7 +12,7 @@ def test_every_case_has_a_unique_name_and_steps_verify_docstring() -> None:
     names = [c.name for c in PLANS["all"]]
     assert len(names) == len(set(names)) == 17
     for case in PLANS["all"]:
-        doc = case.__doc__ or ""
+        doc = case.doc
         assert "Steps:" in doc and "Verify:" in doc, case.name
         assert case.description()
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from vhostlm.apps.testpmd import check_socket_free, parse_port_stats
+from vhostlm.apps.testpmd import parse_port_stats
 from vhostlm.apps.testpmd import testpmd_argv as build_argv
 from vhostlm.errors import UsageError
+from vhostlm.nodes.sockets import check_socket_free
 
 STATS = """
   ######################## NIC statistics for port 1  ########################

@@ -6,7 +6,8 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,81 @@ GUEST_MAC = "52:54:00:00:00:01"
 # MSI-X on the vhost-user virtio-net-pci under TCG: QEMU 7.2 segfaults in
 # msix_set_vector_notifiers when the guest driver starts the device; 10.0 works.
 MSIX_TCG_QEMU = (10, 0)
+
+
+class QmpTimeout(SetupError):
+    """QEMU is alive but did not answer a command, or the awaited event did not come."""
+
+
+class QemuGone(SetupError):
+    """The QEMU process has exited: nothing it could still say will arrive."""
+
+
+class MigrationStatus(StrEnum):
+    """QEMU's MigrationStatus (qapi/migration.json), as query-migrate and MIGRATION say."""
+
+    NONE = "none"
+    SETUP = "setup"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    ACTIVE = "active"
+    POSTCOPY_DEVICE = "postcopy-device"
+    POSTCOPY_ACTIVE = "postcopy-active"
+    POSTCOPY_PAUSED = "postcopy-paused"
+    POSTCOPY_RECOVER_SETUP = "postcopy-recover-setup"
+    POSTCOPY_RECOVER = "postcopy-recover"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COLO = "colo"
+    PRE_SWITCHOVER = "pre-switchover"
+    DEVICE = "device"
+    WAIT_UNPLUG = "wait-unplug"
+    UNKNOWN = "unknown"  # a state this vhostlm does not know yet (a newer QEMU)
+
+    @classmethod
+    def parse(cls, value: object) -> MigrationStatus:
+        """The status named `value`; UNKNOWN for one this list lacks."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.UNKNOWN
+
+
+# A migration in one of these has ended and will not move again by itself.
+END_STATES = frozenset(
+    {MigrationStatus.COMPLETED, MigrationStatus.FAILED, MigrationStatus.CANCELLED}
+)
+
+
+@dataclass(frozen=True)
+class MigrationInfo:
+    """The answer of query-migrate, typed; `raw` keeps every field QEMU gave."""
+
+    status: MigrationStatus
+    error_desc: str | None = None
+    total_time_ms: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, info: dict[str, Any]) -> MigrationInfo:
+        """Read a query-migrate answer (a dict as QMP returns it)."""
+        total = info.get("total-time")
+        return cls(
+            status=MigrationStatus.parse(info.get("status", "none")),
+            error_desc=str(info["error-desc"]) if "error-desc" in info else None,
+            total_time_ms=int(total) if total is not None else None,
+            raw=dict(info),
+        )
+
+    @property
+    def why(self) -> str:
+        """Why QEMU says the migration ended as it did: its error, else its status."""
+        return self.error_desc or self.status.value
+
+
+def migration_event_status(event: dict[str, Any]) -> MigrationStatus:
+    """The status a MIGRATION event announces."""
+    return MigrationStatus.parse(event.get("data", {}).get("status"))
 
 
 def qemu_version(text: str) -> tuple[int, int] | None:
@@ -162,7 +238,11 @@ class QemuVm:
         except ExecuteError as exc:
             raise SetupError(f"QMP {command} on {self.spec.name}: {exc.error.error.desc}") from exc
         except TimeoutError as exc:
-            raise SetupError(
+            if not self.process.alive():
+                raise QemuGone(
+                    f"QMP {command} on {self.spec.name}: QEMU exited ({self.process.returncode})"
+                ) from exc
+            raise QmpTimeout(
                 f"QMP {command} on {self.spec.name}: no answer in {timeout:.0f} s"
             ) from exc
 
@@ -198,10 +278,24 @@ class QemuVm:
             seen = len(self.events)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise SetupError(f"QEMU {self.spec.name}: no {name} event in {timeout:.0f} s")
+                raise QmpTimeout(f"QEMU {self.spec.name}: no {name} event in {timeout:.0f} s")
             if not self.process.alive():
-                raise SetupError(f"QEMU {self.spec.name} exited ({self.process.returncode})")
+                raise QemuGone(f"QEMU {self.spec.name} exited ({self.process.returncode})")
             self.pull_events(min(left, 1.0))
+
+    def migration(self) -> MigrationInfo:
+        """query-migrate, typed."""
+        return MigrationInfo.parse(self.qmp("query-migrate"))
+
+    def wait_migration(
+        self, since: int, states: frozenset[MigrationStatus] | set[MigrationStatus], timeout: float
+    ) -> tuple[MigrationStatus, dict[str, Any]]:
+        """The first MIGRATION event after index `since` whose status is in `states`."""
+        def wanted(data: dict[str, Any]) -> bool:
+            return MigrationStatus.parse(data.get("status")) in states
+
+        event = self.wait_event("MIGRATION", timeout, since, match=wanted)
+        return migration_event_status(event), event
 
     def stop(self) -> None:
         """Quit QEMU (QMP quit, then signals) and close the connections."""

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from vhostlm.errors import UsageError
 from vhostlm.nodes.base import Node
 from vhostlm.rundir import RunDir
 
@@ -80,23 +77,6 @@ def testpmd_argv(
         argv += ["--vdev", vdev]
     argv += list(eal_extra)
     return [*argv, "--", "-i", *app_args]
-
-
-def check_socket_free(path: Path) -> None:
-    """UsageError when a program already listens on unix socket `path`; drop a stale file."""
-    if not path.exists():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # nobody listens: a leftover of a crashed run
-        return
-    finally:
-        probe.close()
-    raise UsageError(
-        f"vhost socket {path} is in use by another program: stop it or use another path"
-    )
 
 
 class TestPmd:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 from pathlib import Path
+
+from vhostlm.errors import UsageError
 
 SOCKET_MODE = 0o600
 
@@ -25,3 +28,20 @@ def secure_sockets(directory: Path) -> list[Path]:
                 os.chmod(path, SOCKET_MODE)
                 changed.append(path)
     return changed
+
+
+def check_socket_free(path: Path) -> None:
+    """UsageError when a program already listens on unix socket `path`; drop a stale file."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: a leftover of a crashed run
+        return
+    finally:
+        probe.close()
+    raise UsageError(
+        f"vhost socket {path} is in use by another program: stop it or use another path"
+    )

@@ -6,11 +6,11 @@ import re
 
 from vhostlm.errors import UsageError
 from vhostlm.plans.dts import DTS_CASES
-from vhostlm.plans.migration import MigrationCase
 from vhostlm.plans.seed import SEED_CASES
+from vhostlm.plans.spec import CaseSpec
 from vhostlm.plans.variants import VARIANT_CASES
 
-PLANS: dict[str, list[type[MigrationCase]]] = {
+PLANS: dict[str, list[CaseSpec]] = {
     "seed": SEED_CASES,
     "dts": DTS_CASES,
     "variants": VARIANT_CASES,
@@ -18,12 +18,12 @@ PLANS: dict[str, list[type[MigrationCase]]] = {
 }
 
 
-def all_cases() -> dict[str, type[MigrationCase]]:
+def all_cases() -> dict[str, CaseSpec]:
     """Every known case by name."""
     return {case.name: case for case in PLANS["all"]}
 
 
-def plan_of(case: type[MigrationCase]) -> str:
+def plan_of(case: CaseSpec) -> str:
     """The first plan that lists `case`."""
     return next(plan for plan, cases in PLANS.items() if case in cases)
 
@@ -45,7 +45,7 @@ def matches(expr: str, name: str) -> bool:
         raise UsageError(f"-k: cannot read {expr!r}: use words, and, or, not, ( )") from exc
 
 
-def select_cases(plan: str, names: list[str], keyword: str | None) -> list[type[MigrationCase]]:
+def select_cases(plan: str, names: list[str], keyword: str | None) -> list[CaseSpec]:
     """The cases to run: --case names (any plan) or the plan's, then filtered by -k."""
     known = all_cases()
     for name in names:

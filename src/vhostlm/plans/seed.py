@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from vhostlm.apps.guest import KernelReceiver, Receiver, TestPmdReceiver
-from vhostlm.plans.migration import MigrationCase
+from vhostlm.guests.base import Driver
+from vhostlm.plans.spec import CaseSpec
 
-
-class VirtioPmd(MigrationCase):
-    """Migrate a guest whose virtio device is driven by testpmd (virtio-pmd) in the guest.
+VIRTIO_PMD = CaseSpec(
+    name="virtio_pmd",
+    driver=Driver.PMD,
+    doc="""Migrate a guest whose virtio device is driven by testpmd (virtio-pmd) in the guest.
 
     Steps:
         Prerequisites 2-5; in the guest bind the device to uio_pci_generic, run testpmd,
@@ -16,19 +17,13 @@ class VirtioPmd(MigrationCase):
     Verify:
         The host's vhost PMD reports the device ready; the guest receives before, while the
         migration is active and, on the backup, after it completed.
-    """
+    """,
+)
 
-    name = "virtio_pmd"
-    driver_step = "guest_testpmd"
-    reconnects = True
-
-    def receiver(self, probes: bool) -> Receiver:
-        """testpmd in the guest."""
-        return TestPmdReceiver(probes)
-
-
-class VirtioNet(MigrationCase):
-    """Migrate a guest whose virtio device is driven by the guest kernel's virtio-net.
+VIRTIO_NET = CaseSpec(
+    name="virtio_net",
+    driver=Driver.NET,
+    doc="""Migrate a guest whose virtio device is driven by the guest kernel's virtio-net.
 
     Steps:
         Prerequisites 2-5; in the guest bring the link up; tester sends continuously;
@@ -36,14 +31,7 @@ class VirtioNet(MigrationCase):
     Verify:
         The guest interface's receive counter rises before, while the migration is
         active and, on the backup, after it completed.
-    """
+    """,
+)
 
-    name = "virtio_net"
-    driver_step = "guest_link_up"
-
-    def receiver(self, probes: bool) -> Receiver:
-        """The kernel driver, its rx counter printed in a loop."""
-        return KernelReceiver(probes, queues=self.queues)
-
-
-SEED_CASES: list[type[MigrationCase]] = [VirtioPmd, VirtioNet]
+SEED_CASES: list[CaseSpec] = [VIRTIO_PMD, VIRTIO_NET]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.report.progress import Progress
@@ -73,3 +75,27 @@ class StepRunner:
             if name not in self._done:
                 self.result.steps.append(StepResult(name=name, verdict="skip", detail=why))
                 self._done.add(name)
+
+
+Ctx = TypeVar("Ctx")
+
+
+def always(_spec: Any, _options: Any) -> bool:
+    """A step every case runs."""
+    return True
+
+
+@dataclass(frozen=True)
+class StepDef(Generic[Ctx]):
+    """A step, named once: its name, the seed step it implements, what it runs on a
+    context (`run(ctx, step)`) and, from the case's spec and options, whether it applies."""
+
+    name: str
+    run: Callable[[Ctx, StepResult], None]
+    seed: str = ""
+    when: Callable[[Any, Any], bool] = always
+    name_of: Callable[[Any], str] | None = None  # the name from the case's spec, if it varies
+
+    def named(self, spec: Any) -> str:
+        """The step's name in a case with `spec`."""
+        return self.name_of(spec) if self.name_of is not None else self.name

@@ -17,6 +17,7 @@ from pathlib import Path
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
+from vhostlm.nodes.sockets import check_socket_free
 from vhostlm.rundir import RunDir
 from vhostlm.testbed import hugepages
 from vhostlm.testbed.shell import run
@@ -29,8 +30,6 @@ TESTER_NET = "198.18.1"
 
 class Lab(Topology):
     """One run's namespaces, links, hugetlbfs mount and hugepage reservation."""
-
-    kind = "lab"
 
     def __init__(self, rundir: RunDir) -> None:
         self.rundir = rundir
@@ -64,6 +63,18 @@ class Lab(Topology):
     def guest_files(self, role: str) -> tuple[str, str]:
         """The cached image, used in place."""
         return self.image
+
+    def claim_socket(self, role: str, path: str) -> None:
+        """A program of another run may listen on it (UsageError); a stale file is removed."""
+        check_socket_free(Path(path))
+
+    def secure_sockets(self, role: str, local: Path) -> None:
+        """The nodes share this machine's socket directory: secure it once."""
+        self.node(role).secure_sockets(self.workdir(role))
+
+    def stage_dir(self, role: str, local: Path) -> str:
+        """The namespaces see this machine's files: nothing to copy."""
+        return str(local)
 
     def sniff_points(self) -> dict[str, tuple[Node, str]]:
         """The host's and backup's ports on the switch."""

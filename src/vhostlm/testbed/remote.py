@@ -50,8 +50,6 @@ def free_hugepage_mb(node: Node) -> int:
 class RemoteBed(Topology):
     """Host, backup and tester from a testbed file, reached through their `Node`s."""
 
-    kind = "ssh"
-
     def __init__(self, spec: TestbedSpec, source: str, rundir: RunDir) -> None:
         self.spec = spec
         self.source = source

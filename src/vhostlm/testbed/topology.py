@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 from vhostlm.nodes.base import Node
+from vhostlm.nodes.sockets import secure_sockets
 
 ROLES = ("host", "backup", "tester")
 MIG_PORT = 4444
@@ -44,7 +46,6 @@ class Tools:
 class Topology(ABC):
     """Roles, their nodes and resources for one run."""
 
-    kind = ""  # "lab" | "ssh"
     migration_port = MIG_PORT
 
     @abstractmethod
@@ -82,6 +83,27 @@ class Topology(ABC):
     def tools(self, role: str) -> Tools:
         """Where the role's programs are (defaults: found on PATH)."""
         return Tools()
+
+    def claim_socket(self, role: str, path: str) -> None:  # noqa: B027 - most have nothing to do
+        """Make sure nothing listens on the socket `path` a backend is about to create.
+
+        A testbed's run directory is new on every node, so nothing can; the lab overrides."""
+
+    def secure_sockets(self, role: str, local: Path) -> None:
+        """Sockets 0600: on the role's node, and the local forwards of them in `local`."""
+        self.node(role).secure_sockets(self.workdir(role))
+        secure_sockets(local)
+
+    def stage_dir(self, role: str, local: Path) -> str:
+        """Copy the files of directory `local` to a private directory on the role's node;
+        its path there. (The lab's nodes see this machine's files: it returns `local`.)"""
+        node = self.node(role)
+        remote = f"{self.workdir(role)}/{local.parent.name}-{local.name}"
+        node.run(["mkdir", "-p", "-m", "0700", remote])
+        for path in sorted(local.iterdir()):
+            node.put(path, f"{remote}/{path.name}")
+        node.run(["chmod", "-R", "go-rwx", remote])
+        return remote
 
     def socket_path(self, role: str, name: str) -> str:
         """A unix socket path in the run's directory on the role's node."""

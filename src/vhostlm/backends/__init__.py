@@ -1,0 +1,1 @@
+"""vhost-user backends behind the guest's NIC: the interface and one module per program."""

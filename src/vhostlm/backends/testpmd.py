@@ -1,0 +1,69 @@
+"""DPDK's testpmd as the vhost-user backend (the seed's): net_vhost0 and a physical port."""
+
+from __future__ import annotations
+
+from vhostlm.apps.testpmd import PortStats, TestPmd, testpmd_argv
+from vhostlm.backends.base import BackendConfig, VhostBackend
+from vhostlm.nodes.base import NodeProcess
+
+TESTPMD_MB = 128  # hugepage memory of each vhost testpmd
+TESTPMD_MBUFS = 16384  # testpmd's default pool would take ~600 MiB of hugepages
+LCORES = "0-1"
+
+
+def vhost_argv(config: BackendConfig) -> list[str]:
+    """testpmd's command line for `config`: the vhost port first, the physical port second."""
+    vhost = f"net_vhost0,iface={config.socket},queues={config.queues}"
+    if config.postcopy:
+        vhost += ",postcopy-support=1"
+    app = [f"--total-num-mbufs={TESTPMD_MBUFS}"]
+    if config.queues > 1:
+        app += [f"--rxq={config.queues}", f"--txq={config.queues}"]
+    vdevs, eal = config.nic.testpmd_ports(config.queues)
+    return testpmd_argv(
+        config.binary,
+        LCORES,
+        [vhost, *vdevs],
+        file_prefix=config.file_prefix,
+        huge_dir=config.hugedir,
+        mem_mb=TESTPMD_MB,
+        app_args=app,
+        eal_extra=eal,
+        no_pci=config.nic.pci is None,
+    )
+
+
+class TestpmdBackend(VhostBackend):
+    """testpmd in interactive mode; its forwarding lcores polled at low priority."""
+
+    __test__ = False
+    program = "testpmd"
+
+    def __init__(self, config: BackendConfig) -> None:
+        super().__init__(config)
+        self.app = TestPmd(config.name, vhost_argv(config), config.rundir, config.node)
+
+    @property
+    def process(self) -> NodeProcess:
+        """The testpmd process."""
+        return self.app.process
+
+    def start(self) -> None:
+        """Start testpmd up to its prompt."""
+        self.app.start(low_priority_polling=True)
+
+    def forward(self) -> None:
+        """testpmd's `start`."""
+        self.app.cmd("start")
+
+    def wait_guest_ready(self, timeout: float, since: int = 0) -> str:
+        """The vhost PMD's "virtio is now ready for processing"."""
+        return self.app.wait_vhost_ready(timeout, since)
+
+    def counters(self, port: int = 0) -> PortStats:
+        """`show port stats`."""
+        return self.app.port_stats(port)
+
+    def stop(self) -> None:
+        """`quit`, then signals."""
+        self.app.stop()

@@ -1,0 +1,1 @@
+"""The guests vhostlm boots, and what each promises the host side."""

@@ -1,0 +1,57 @@
+"""The guest interface: how a kind of guest boots, gives a shell, and drives its NIC.
+
+The flow asks a `Guest` for what QEMU boots on a role's node, waits through it for a
+shell on the serial console, and gets from it the receiver of the case's driver (the
+kernel's virtio-net or DPDK's virtio PMD in the guest). vhostlm's own initramfs is the
+first implementation; each new kind (a user's disk image) is one module beside it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from vhostlm.apps.console import GuestShell
+from vhostlm.apps.guest import Receiver
+from vhostlm.apps.qemu import QemuVm
+from vhostlm.testbed.topology import Topology
+
+
+class Driver(StrEnum):
+    """What drives the guest's virtio device."""
+
+    PMD = "virtio_pmd"  # DPDK's virtio PMD: testpmd in the guest
+    NET = "virtio_net"  # the guest kernel's virtio-net
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """What QEMU boots on one node: a kernel and initrd, and a disk if there is one."""
+
+    kernel: Path
+    initrd: Path
+    disk: Path | None = None
+
+
+class Guest(ABC):
+    """A kind of guest: its boot, its shell, its drivers."""
+
+    kind = ""  # as a case spec names it
+
+    @abstractmethod
+    def boot_files(self, bed: Topology, role: str) -> BootFiles:
+        """What the role's QEMU boots."""
+
+    @abstractmethod
+    def wait_shell(self, vm: QemuVm, timeout: float) -> GuestShell:
+        """Wait until the booted guest gives a shell on its console (SetupError if not)."""
+
+    @abstractmethod
+    def receiver(self, driver: Driver, probes: bool, queues: int) -> Receiver:
+        """The guest side of a case with `driver` (answering probes when `probes`)."""
+
+    @abstractmethod
+    def start_dirty_load(self, shell: GuestShell, mb_s: int) -> str:
+        """Dirty about `mb_s` MiB of guest memory a second, in the background; the command."""

@@ -1,0 +1,350 @@
+"""The plan's flow, written once for every case: prerequisites, receive, migrate, receive again.
+
+`run_case(spec, env)` turns a `CaseSpec` into named steps. Each step is declared once (in
+`BEFORE` and `AFTER` here, the legs' in `plans.leg` and `plans.kinds`); the planned list
+that reports unrun steps as skipped is derived from the same declarations. The backend and
+the guest come from their registries by the names in the spec, so a new backend or guest
+is a new module there, not a branch here.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from vhostlm.apps.console import GuestShell
+from vhostlm.apps.guest import Receiver
+from vhostlm.apps.qemu import QemuVm, VmSpec, msix_vectors
+from vhostlm.apps.testpmd import VERBOSE_RX_RE
+from vhostlm.backends.base import BackendConfig, VhostBackend
+from vhostlm.backends.registry import make_backend
+from vhostlm.errors import SetupError, StepFailed
+from vhostlm.guests.base import Guest
+from vhostlm.guests.registry import make_guest
+from vhostlm.nodes.stream import ExpectTimeout
+from vhostlm.plans.env import LabEnv
+from vhostlm.plans.faults import NO_TRAFFIC, Vitals
+from vhostlm.plans.leg import Migration, Side, leg_step_names
+from vhostlm.plans.spec import CaseSpec
+from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
+from vhostlm.plans.traffic import Traffic, check_limits
+from vhostlm.report.results import CaseResult, StepResult
+
+INCOMING_STEP = "incoming_vm"
+
+
+class CaseFlow:
+    """One run of one case: what its steps have started so far, and the steps themselves."""
+
+    def __init__(self, spec: CaseSpec, env: LabEnv) -> None:
+        self.spec = spec
+        self.env = env
+        self.guest: Guest = make_guest(spec.guest)
+        self.result = CaseResult(name=spec.name)
+        self.vitals = Vitals()
+        self.stack = ExitStack()
+        self.backends: dict[str, VhostBackend] = {}
+        self.sides: list[Side] = []
+        self.receiver: Receiver = self.guest.receiver(spec.driver, env.options.probes, spec.queues)
+        self.traffic: Traffic | None = None
+        self.migration: Migration | None = None
+        self._mark = 0  # the host backend's output before the guest driver started
+
+    # -- what the case is, from its spec and the options -----------------------------------
+
+    def vcpus(self) -> int:
+        """The guest's vCPUs: --guest-smp, else the case's own."""
+        return self.env.options.guest_smp or self.spec.smp
+
+    def vectors(self) -> int:
+        """The NIC's MSI-X vectors on this QEMU and accelerator (0: INTx)."""
+        return msix_vectors(self.spec.queues, self.env.accel, self.env.qemu_version)
+
+    def legs(self) -> int:
+        """How many migrations the case makes."""
+        opts = self.env.options
+        trips = opts.round_trips if opts.round_trips is not None else self.spec.round_trips
+        return 2 * trips if trips else 1
+
+    def before_steps(self) -> list[StepDef[CaseFlow]]:
+        """The steps up to the first migration that apply to this case."""
+        return [d for d in BEFORE if d.when(self.spec, self.env.options)]
+
+    def after_steps(self) -> list[StepDef[CaseFlow]]:
+        """The steps after the last migration that apply to this case."""
+        return [d for d in AFTER if d.when(self.spec, self.env.options)]
+
+    def planned_steps(self) -> list[str]:
+        """Every step of the case, in order, so unrun ones can be reported as skipped."""
+        steps = [d.named(self.spec) for d in self.before_steps()]
+        for leg in range(self.legs()):
+            if leg:
+                steps.append(INCOMING_STEP + leg_suffix(leg))
+            steps += leg_step_names(self.spec, self.env, leg)
+        return steps + [d.named(self.spec) for d in self.after_steps()]
+
+    def options(self) -> dict[str, Any]:
+        """The case's shape as results.json's `options` records it."""
+        opts = self.env.options
+        return {
+            "probes": opts.probes,
+            "pps": opts.rate,
+            "guest_mem_mb": opts.guest_mem_mb,
+            "guest_smp": self.vcpus(),
+            "queues": self.spec.queues,
+            "vectors": self.vectors(),
+            "packed": self.spec.packed,
+            "cpu": self.env.cpu,
+            "switch_learning": opts.switch_learning,
+            "migrations": self.legs(),
+            "guest_memory": opts.guest_memory,
+        }
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self) -> CaseResult:
+        """Run every step; whatever happens, stop what the case started."""
+        result, env = self.result, self.env
+        runner = StepRunner(result, env.progress, self.planned_steps())
+        start = time.monotonic()
+        stopping = [0.0]
+
+        def stopped() -> None:
+            result.phases["stop_s"] = round(time.monotonic() - stopping[0], 3)
+
+        try:
+            with self.stack as stack:
+                stack.callback(stopped)  # registered first, so it runs after every stop
+                try:
+                    self._steps(runner)
+                finally:
+                    env.progress.phase(self.spec.name, "stopping")
+                    stopping[0] = time.monotonic()
+        except CaseSkipped as exc:
+            runner.skip_rest(f"not run: {exc}")
+            result.verdict, result.reason = "skip", str(exc)
+        except CaseAborted as exc:
+            if str(exc).startswith(NO_TRAFFIC) and not result.reason:
+                result.reason = str(exc)  # the tester, not the guest: say so first
+            runner.skip_rest("not run: an earlier step did not pass")
+        finally:
+            result.duration_s = round(time.monotonic() - start, 3)
+        result.finish()
+        return result
+
+    def _run(self, runner: StepRunner, defs: list[StepDef[CaseFlow]]) -> None:
+        for d in defs:
+            with runner.step(d.named(self.spec), d.seed) as step:
+                d.run(self, step)
+
+    def _steps(self, runner: StepRunner) -> None:
+        self.result.options = self.options()
+        runner.explain = self.vitals.explain
+        self._run(runner, self.before_steps())
+        assert self.traffic is not None
+        self.migration = mig = Migration(
+            self.spec, self.env, runner, self.receiver, self.traffic, self.result, self.vitals
+        )
+        try:
+            for leg in range(self.legs()):
+                a, b = self.sides[leg % 2], self.sides[(leg + 1) % 2]
+                if leg:
+                    with runner.step(INCOMING_STEP + leg_suffix(leg)):
+                        b = self.sides[(leg + 1) % 2] = self._incoming(b.role, leg)
+                mig.leg(leg, a, b)
+                if self.spec.kind.moves_guest:
+                    self.vitals.retire(a.vm.process)
+                    a.vm.stop()  # the source ends in postmigrate: its job is done
+        finally:
+            self.vitals.retire_tester()  # the traffic ends here, on purpose or by a failure
+            self.result.measure = self.traffic.finish(mig.figures)
+            self.result.traffic.sent = self.traffic.sent()
+        self._run(runner, self.after_steps())
+
+    # -- the steps before the first migration and after the last ---------------------------
+
+    def _backend(self, role: str) -> VhostBackend:
+        """Start the role's vhost-user backend (stopped by the case's stack)."""
+        env, spec = self.env, self.spec
+        bed = env.bed
+        sock = self.vhost_socket(role)
+        bed.claim_socket(role, sock)
+        config = BackendConfig(
+            name=f"{spec.name}-{spec.backend}-{role}",
+            node=bed.node(role),
+            rundir=env.rundir,
+            socket=sock,
+            nic=bed.nic(role),
+            hugedir=bed.hugedir(role),
+            binary=bed.tools(role).testpmd,
+            file_prefix=f"vhostlm-{env.rundir.run_id}-{spec.name}-{role}",
+            queues=spec.queues,
+            postcopy=spec.kind.postcopy,
+        )
+        backend = make_backend(spec.backend, config)
+        self.stack.callback(backend.stop)
+        backend.start()
+        self.vitals.watch(f"the {role} {backend.program}", backend.process, role)
+        self.backends[role] = backend
+        return backend
+
+    def vhost_socket(self, role: str) -> str:
+        """The vhost-user socket of `role`'s backend, on its node."""
+        return self.env.bed.socket_path(role, f"{self.spec.name}-{role}-vhost.sock")
+
+    def _vm(self, role: str, leg: int, incoming: bool) -> QemuVm:
+        env, spec = self.env, self.spec
+        bed = env.bed
+        tag = f"{spec.name}-{role}" + (f"{leg + 1}" if leg else "")
+        boot = self.guest.boot_files(bed, role)
+        vm_spec = VmSpec(
+            name=tag,
+            kernel=boot.kernel,
+            initrd=boot.initrd,
+            vhost_socket=Path(self.vhost_socket(role)),
+            qmp_socket=Path(bed.socket_path(role, f"{tag}-qmp.sock")),
+            console_socket=Path(bed.socket_path(role, f"{tag}-console.sock")),
+            accel=env.accel,
+            cpu=env.cpu,
+            mem_mb=env.options.guest_mem_mb,
+            smp=self.vcpus(),
+            mem_path=(Path(bed.hugedir(role)) if env.options.guest_memory == "hugetlbfs" else None),
+            queues=spec.queues,
+            vectors=self.vectors(),
+            packed=spec.packed,
+            incoming=(f"tcp:{bed.migration_ip(role)}:{bed.migration_port}" if incoming else None),
+            defer_incoming=incoming and spec.kind.defer_incoming,
+            binary=bed.tools(role).qemu,
+            disk=boot.disk,
+        )
+        return QemuVm(vm_spec, env.rundir, bed.node(role))
+
+    def _incoming(self, role: str, leg: int) -> Side:
+        """Start the paused twin with `-incoming` on `role` (stopped by the case's stack)."""
+        vm = self._vm(role, leg, incoming=True)
+        self.stack.callback(vm.stop)
+        sock = self.vhost_socket(role)
+        try:
+            vm.start()
+        except SetupError as exc:
+            if not vm.node.exists(sock):
+                raise StepFailed(
+                    f"no vhost-user backend on the {role}: QEMU could not connect to {sock} ({exc})"
+                ) from exc
+            raise
+        self.vitals.watch(f"the {role} QEMU {vm.spec.name}", vm.process, role)
+        self.env.bed.secure_sockets(role, self.env.rundir.sockets)
+        return Side(role, vm, GuestShell(vm.console))
+
+    def host_backend(self, step: StepResult) -> None:
+        """Prerequisite 2: the host's backend, forwarding unless the case starts it late."""
+        backend = self._backend("host")
+        if not self.spec.late_start:
+            backend.forward()
+
+    def host_vm(self, step: StepResult) -> None:
+        """Prerequisite 3: the guest boots on the host to a shell."""
+        vm = self._vm("host", 0, incoming=False)
+        self.stack.callback(vm.stop)
+        t0 = time.monotonic()
+        vm.start()
+        self.vitals.watch(f"the host QEMU {vm.spec.name}", vm.process, "host")
+        self.env.bed.secure_sockets("host", self.env.rundir.sockets)
+        shell = self.guest.wait_shell(vm, self.env.options.boot_timeout_s)
+        self.sides.append(Side("host", vm, shell))
+        step.figures["boot_s"] = round(time.monotonic() - t0, 2)
+
+    def backup_backend(self, step: StepResult) -> None:
+        """Prerequisite 4: the same backend on the backup (unless --no-backup-backend)."""
+        if not self.env.options.backup_backend:
+            step.verdict = "skip"
+            backend = self.spec.backend
+            step.detail = f"no vhost {backend} started on the backup (--no-backup-backend)"
+            return
+        self._backend("backup").forward()
+
+    def backup_vm(self, step: StepResult) -> None:
+        """Prerequisite 5: the twin QEMU waits with `-incoming` on the backup."""
+        self.sides.append(self._incoming("backup", 0))
+
+    def guest_driver(self, step: StepResult) -> None:
+        """Step 7: the guest's driver up (testpmd in the guest, or the kernel's link)."""
+        host = self.backends["host"]
+        self._mark = host.mark() if self.spec.reconnects else 0
+        self.receiver.start(self.sides[0].shell)
+        if self.spec.late_start:
+            host.forward()
+            self.receiver.commands.append(f"(host {host.program}) start")
+        step.detail = " && ".join(self.receiver.commands)[-300:]
+
+    def vhost_connected(self, step: StepResult) -> None:
+        """Step 8: the host's backend reports the guest's virtio device ready."""
+        try:
+            step.detail = self.backends["host"].wait_guest_ready(30, since=self._mark).strip()
+        except ExpectTimeout as exc:
+            raise StepFailed(
+                f"host vhost PMD never reported the guest's virtio device ready: {exc}"
+            ) from exc
+
+    def guest_receives(self, step: StepResult) -> None:
+        """Step 9: tester traffic starts; the guest receives (and answers a second of probes)."""
+        opts, src = self.env.options, self.sides[0]
+        self.traffic = traffic = Traffic(self.spec.name, self.env, self.stack)
+        traffic.start()
+        self.vitals.watch_tester(traffic.tester)
+        got = self.receiver.wait_count(src.shell, 1, 30)
+        if got is None:
+            raise StepFailed(f"the guest received no packet in 30 s ({traffic.sent()} sent)")
+        step.figures["received"] = got
+        if opts.probes:
+            # a steady second of answered probes before migrating: the baseline
+            want = max(1, int(opts.rate * opts.warmup_s))
+            if not traffic.wait_replies(want, 30):
+                answered = traffic.tester.progress()[1]
+                raise StepFailed(
+                    f"the guest received {got} packets but answered {answered} of "
+                    f"{traffic.sent()} probes in 30 s (wanted {want})"
+                )
+            step.detail = f"guest rx counter {got}; {want} probes answered"
+        else:
+            src.vm.console.output.expect(VERBOSE_RX_RE, 10)
+            step.detail = f"port 0/queue 0: received ... (guest rx counter {got})"
+
+    def dirty_load(self, step: StepResult) -> None:
+        """A memory-dirtying load in the guest, at the case's rate."""
+        step.detail = self.guest.start_dirty_load(self.sides[0].shell, self.spec.dirty_mb_s)
+
+    def within_limits(self, step: StepResult) -> None:
+        """--max-outage-ms / --max-loss against the measured figures."""
+        opts = self.env.options
+        step.detail = check_limits(self.result.measure, opts.max_outage_ms, opts.max_loss)
+
+
+def _loads(spec: CaseSpec, _options: Any) -> bool:
+    return spec.dirty_mb_s > 0
+
+
+def _limited(_spec: CaseSpec, options: Any) -> bool:
+    return options.max_outage_ms is not None or options.max_loss is not None
+
+
+BEFORE: tuple[StepDef[CaseFlow], ...] = (
+    StepDef("host_testpmd", CaseFlow.host_backend, "prerequisite 2"),
+    StepDef("host_vm", CaseFlow.host_vm, "prerequisite 3"),
+    StepDef("backup_testpmd", CaseFlow.backup_backend, "prerequisite 4"),
+    StepDef("backup_vm", CaseFlow.backup_vm, "prerequisite 5"),
+    StepDef("guest_driver", CaseFlow.guest_driver, "step 7", name_of=lambda s: s.driver_step),
+    StepDef("vhost_connected", CaseFlow.vhost_connected, "step 8"),
+    StepDef("guest_receives", CaseFlow.guest_receives, "step 9"),
+    StepDef("guest_dirty_load", CaseFlow.dirty_load, when=_loads),
+)
+AFTER: tuple[StepDef[CaseFlow], ...] = (
+    StepDef("within_limits", CaseFlow.within_limits, when=_limited),
+)
+
+
+def run_case(spec: CaseSpec, env: LabEnv) -> CaseResult:
+    """Run the case `spec` on `env`; its result, whatever happened."""
+    return CaseFlow(spec, env).run()

@@ -1,0 +1,78 @@
+"""A case as data: one frozen declaration of everything that makes it differ from another.
+
+The flow (`plans.flow`) reads a `CaseSpec` and nothing else about the case: which ring,
+how many queues, which guest driver, backend and guest, which kind of migration, what load
+and how many round trips. The plans' catalogs (seed, dts, variants) are lists of specs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from vhostlm.guests.base import Driver
+from vhostlm.plans.kinds import COMPLETE, MigrationKind
+
+
+class Ring(StrEnum):
+    """The virtqueue layout of the guest's NIC."""
+
+    SPLIT = "split"
+    PACKED = "packed"  # `packed=on` on virtio-net-pci
+
+
+DRIVER_STEPS = {Driver.PMD: "guest_testpmd", Driver.NET: "guest_link_up"}
+
+
+def frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """A read-only copy, so a spec's capabilities and parameters cannot change under it."""
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One case of a plan; its docstring (`doc`) has the DTS-style Steps: and Verify:."""
+
+    name: str
+    doc: str
+    driver: Driver
+    kind: MigrationKind = COMPLETE
+    ring: Ring = Ring.SPLIT
+    queues: int = 1
+    late_start: bool = False  # the vhost side's `start` only once the guest driver is up
+    dirty_mb_s: int = 0  # a memory-dirtying load in the guest, MB/s
+    round_trips: int = 0  # 0: one migration to the backup; N: N times there and back
+    capabilities: Mapping[str, bool] = field(default_factory=frozen)
+    parameters: Mapping[str, Any] = field(default_factory=frozen)
+    backend: str = "testpmd"
+    guest: str = "initramfs"
+    # vCPUs, as the seed's `-smp 2`: testpmd in the guest needs a main and a forwarding
+    # lcore. (1 vCPU was the default while QEMU 7.2's TCG dirty tracking broke 2-vCPU guests.)
+    smp: int = 2
+
+    @property
+    def packed(self) -> bool:
+        """The packed ring layout."""
+        return self.ring is Ring.PACKED
+
+    @property
+    def driver_step(self) -> str:
+        """The name of the step that starts the guest's driver (the seed's step 7)."""
+        return DRIVER_STEPS[self.driver]
+
+    @property
+    def reconnects(self) -> bool:
+        """The guest driver re-initialises the device after boot (testpmd in the guest)."""
+        return self.driver is Driver.PMD
+
+    @property
+    def changes_queues(self) -> bool:
+        """The guest changes its queue pairs while migrating (`ethtool -L`, as DTS does)."""
+        return self.queues > 1 and self.driver is Driver.NET
+
+    def description(self) -> str:
+        """First line of the docstring, for `vhostlm list`."""
+        return self.doc.strip().splitlines()[0]
