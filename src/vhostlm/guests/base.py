@@ -44,6 +44,11 @@ class Guest(ABC):
     def boot_files(self, bed: Topology, role: str) -> BootFiles:
         """What the role's QEMU boots."""
 
+    def shell(self, vm: QemuVm) -> GuestShell:
+        """The shell on `vm`'s console, without waiting: the incoming twin's, which takes
+        over the source's shell state with the migration."""
+        return GuestShell(vm.console)
+
     @abstractmethod
     def wait_shell(self, vm: QemuVm, timeout: float) -> GuestShell:
         """Wait until the booted guest gives a shell on its console (SetupError if not)."""

@@ -28,7 +28,7 @@ class InitramfsGuest(Guest):
     def wait_shell(self, vm: QemuVm, timeout: float) -> GuestShell:
         """The ready marker within `timeout`, then the shell's prompt."""
         vm.console.output.expect(READY_MARKER, timeout, alive=vm.process.alive)
-        shell = GuestShell(vm.console)
+        shell = self.shell(vm)
         shell.wait_prompt(PROMPT_TIMEOUT_S)
         return shell
 

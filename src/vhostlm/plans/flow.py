@@ -10,11 +10,12 @@ is a new module there, not a branch here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import Receiver
 from vhostlm.apps.qemu import QemuVm, VmSpec, msix_vectors
 from vhostlm.apps.testpmd import VERBOSE_RX_RE
@@ -23,6 +24,7 @@ from vhostlm.backends.registry import make_backend
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.guests.base import Guest
 from vhostlm.guests.registry import make_guest
+from vhostlm.nodes.base import Node
 from vhostlm.nodes.stream import ExpectTimeout
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.faults import NO_TRAFFIC, Vitals
@@ -31,17 +33,29 @@ from vhostlm.plans.spec import CaseSpec
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, check_limits
 from vhostlm.report.results import CaseResult, StepResult
+from vhostlm.rundir import RunDir
 
 INCOMING_STEP = "incoming_vm"
+
+
+@dataclass(frozen=True)
+class Drivers:
+    """What the flow builds its programs with: the real ones, or fakes in a unit test."""
+
+    backend: Callable[[str, BackendConfig], VhostBackend] = make_backend
+    guest: Callable[[str], Guest] = make_guest
+    vm: Callable[[VmSpec, RunDir, Node], QemuVm] = QemuVm
+    traffic: Callable[[str, LabEnv, ExitStack], Traffic] = Traffic
 
 
 class CaseFlow:
     """One run of one case: what its steps have started so far, and the steps themselves."""
 
-    def __init__(self, spec: CaseSpec, env: LabEnv) -> None:
+    def __init__(self, spec: CaseSpec, env: LabEnv, drivers: Drivers | None = None) -> None:
         self.spec = spec
         self.env = env
-        self.guest: Guest = make_guest(spec.guest)
+        self.drivers = drivers or Drivers()
+        self.guest: Guest = self.drivers.guest(spec.guest)
         self.result = CaseResult(name=spec.name)
         self.vitals = Vitals()
         self.stack = ExitStack()
@@ -183,7 +197,7 @@ class CaseFlow:
             queues=spec.queues,
             postcopy=spec.kind.postcopy,
         )
-        backend = make_backend(spec.backend, config)
+        backend = self.drivers.backend(spec.backend, config)
         self.stack.callback(backend.stop)
         backend.start()
         self.vitals.watch(f"the {role} {backend.program}", backend.process, role)
@@ -219,7 +233,7 @@ class CaseFlow:
             binary=bed.tools(role).qemu,
             disk=boot.disk,
         )
-        return QemuVm(vm_spec, env.rundir, bed.node(role))
+        return self.drivers.vm(vm_spec, env.rundir, bed.node(role))
 
     def _incoming(self, role: str, leg: int) -> Side:
         """Start the paused twin with `-incoming` on `role` (stopped by the case's stack)."""
@@ -236,7 +250,7 @@ class CaseFlow:
             raise
         self.vitals.watch(f"the {role} QEMU {vm.spec.name}", vm.process, role)
         self.env.bed.secure_sockets(role, self.env.rundir.sockets)
-        return Side(role, vm, GuestShell(vm.console))
+        return Side(role, vm, self.guest.shell(vm))
 
     def host_backend(self, step: StepResult) -> None:
         """Prerequisite 2: the host's backend, forwarding unless the case starts it late."""
@@ -291,7 +305,7 @@ class CaseFlow:
     def guest_receives(self, step: StepResult) -> None:
         """Step 9: tester traffic starts; the guest receives (and answers a second of probes)."""
         opts, src = self.env.options, self.sides[0]
-        self.traffic = traffic = Traffic(self.spec.name, self.env, self.stack)
+        self.traffic = traffic = self.drivers.traffic(self.spec.name, self.env, self.stack)
         traffic.start()
         self.vitals.watch_tester(traffic.tester)
         got = self.receiver.wait_count(src.shell, 1, 30)
@@ -345,6 +359,6 @@ AFTER: tuple[StepDef[CaseFlow], ...] = (
 )
 
 
-def run_case(spec: CaseSpec, env: LabEnv) -> CaseResult:
+def run_case(spec: CaseSpec, env: LabEnv, drivers: Drivers | None = None) -> CaseResult:
     """Run the case `spec` on `env`; its result, whatever happened."""
-    return CaseFlow(spec, env).run()
+    return CaseFlow(spec, env, drivers).run()
