@@ -299,7 +299,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     """`vhostlm lab up|down|status`."""
     from vhostlm.preflight import check_root
     from vhostlm.rundir import RUNTIME_ROOT, RunDir
-    from vhostlm.runner import hugepages_needed
+    from vhostlm.runner import budget
     from vhostlm.testbed.cleanup import down_all, owner_alive, teardown_runtime
     from vhostlm.testbed.lab import Lab
 
@@ -308,7 +308,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         run_id = secrets.token_hex(3)
         rundir = RunDir(args.output or Path("results") / f"lab-{run_id}", run_id)
         try:
-            lab = Lab(rundir).up(hugepages_needed(RunOptions()))
+            lab = Lab(rundir).up(budget(RunOptions()).lab_pages())
             testbed = start_ssh_lab_for(lab) if args.ssh else None
         except BaseException:
             teardown_runtime(rundir.runtime)
@@ -362,7 +362,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     from vhostlm.doctor import check_local, check_testbed
     from vhostlm.rundir import RunDir
-    from vhostlm.runner import node_hugepage_mb
+    from vhostlm.runner import budget
     from vhostlm.testbed.cleanup import teardown_runtime
     from vhostlm.testbed.model import load_testbed
 
@@ -373,7 +373,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         out = Path(tempfile.mkdtemp(prefix="vhostlm-doctor-"))
         rundir = RunDir(out, secrets.token_hex(3))
         try:
-            doc = check_testbed(args.testbed, rundir, node_hugepage_mb(RunOptions()))
+            doc = check_testbed(args.testbed, rundir, budget(RunOptions()).node_mb())
         finally:
             teardown_runtime(rundir.runtime)
             shutil.rmtree(out, ignore_errors=True)
