@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vhostlm.testbed.cleanup import leftovers
+from vhostlm.testbed.hugepages import baseline as hugepages_baseline
 
-from tests.e2e.conftest import hugepages_baseline, leftovers  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def percentile(values: list[float], pct: float) -> float:

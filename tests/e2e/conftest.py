@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from vhostlm.testbed.cleanup import leftovers as leftovers
+from vhostlm.testbed.cleanup import processes_mentioning as processes_mentioning
+from vhostlm.testbed.hugepages import baseline as hugepages_baseline
+
 if TYPE_CHECKING:
     from tests.e2e.live import LiveRun
 
 ROOT = Path(__file__).resolve().parents[2]
-HUGE_NR = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,49 +48,6 @@ def load(path: Path) -> dict[str, Any]:
     """A results.json as plain data."""
     data: dict[str, Any] = json.loads(path.read_text())
     return data
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of running processes that contain `text`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd and str(os.getpid()) != proc.name:
-            found.append(f"{proc.name}: {cmd[:120]}")
-    return found
-
-
-def leftovers(run_id: str) -> list[str]:
-    """Everything of run `run_id` still present: processes, namespaces, sockets, mounts."""
-    left = processes_mentioning(f"/run/vhostlm/{run_id}/")
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    left += [f"netns {ln.split()[0]}" for ln in out.splitlines() if f"vhostlm-{run_id}-" in ln]
-    if Path(f"/run/vhostlm/{run_id}").exists():
-        left.append(f"runtime dir /run/vhostlm/{run_id}")
-    if f"/run/vhostlm/{run_id}/" in Path("/proc/mounts").read_text():
-        left.append("hugetlbfs mount")
-    left += [f"hugepage file {p}" for p in Path("/dev/hugepages").glob(f"*{run_id}*")]
-    return left
-
-
-def hugepages_baseline() -> int:
-    """The hugepage pool without the pages that other runs in progress have added to it.
-
-    Runs add their own pages and give them back, so this stays the same across a test
-    even while other runs (another user, another test session) come and go.
-    """
-    others = 0
-    for lab in Path("/run/vhostlm").glob("*/lab.json"):
-        try:
-            others += int(json.loads(lab.read_text()).get("added_pages", 0))
-        except (OSError, ValueError):
-            continue  # a run that is just ending
-    return int(HUGE_NR.read_text()) - others
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import re
 import secrets
 import socket
 import threading
-import time
 from pathlib import Path
 
 from vhostlm.errors import SetupError
 from vhostlm.image.build import PROMPT
 from vhostlm.nodes.stream import OutputStream, pump_fd
+from vhostlm.wait import Deadline, wait_until
 
 SHELL_PROMPT = PROMPT  # the prompt the guest image's /init gives its shell
 
@@ -29,19 +29,19 @@ class Console:
 
     def connect(self, timeout: float = 10.0) -> Console:
         """Connect to the socket QEMU listens on (retrying until it appears)."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def attempt() -> socket.socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(str(self.path))
-                break
-            except OSError as exc:
+            except OSError:
                 sock.close()
-                if time.monotonic() > deadline:
-                    raise SetupError(f"{self.name}: cannot connect to {self.path}: {exc}") from exc
-                time.sleep(0.05)
-        self._sock = sock
-        self._pump = pump_fd(sock.fileno(), self.output)
+                raise
+            return sock
+
+        what = f"{self.name}: connection to {self.path}"
+        self._sock = wait_until(attempt, timeout, what=what, retry=(OSError,))
+        self._pump = pump_fd(self._sock.fileno(), self.output)
         return self
 
     def write(self, text: str) -> None:
@@ -89,7 +89,7 @@ class GuestShell:
         sep = " " if command.rstrip().endswith("&") else "; "  # `cmd &; echo` is a syntax error
         self.console.write(f"{command}{sep}echo __END{tag}__ $?\n")
         end = re.compile(rf"__END{tag}__ (\d+)\n")
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
 
         def ended_here(text: str) -> bool:
             return bool(end.search(text, marks[0]))
@@ -98,13 +98,12 @@ class GuestShell:
             for shell, mark in zip(shells, marks, strict=True):
                 out = shell.console.output
                 if len(shells) == 1 or end.search(out.text(), mark):
-                    left = max(0.0, deadline - time.monotonic())
-                    match = out.expect(end, left, since=mark)
+                    match = out.expect(end, deadline.left(), since=mark)
                     out.expect(re.escape(SHELL_PROMPT), timeout, since=match.end())
                     return self._result(
                         command, tag, out.text()[mark : match.start()], match, check
                     )
-            if time.monotonic() > deadline:
+            if deadline.expired():
                 raise SetupError(f"guest: no end of {command!r} on any console in {timeout:.0f} s")
             self.console.output.wait_for(ended_here, 0.1)  # the source's end, or a 0.1 s tick
 

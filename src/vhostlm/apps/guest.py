@@ -9,12 +9,12 @@ destination after it.
 from __future__ import annotations
 
 import re
-import time
 from typing import Protocol
 
 from vhostlm.apps.console import SHELL_PROMPT, GuestShell
 from vhostlm.apps.testpmd import PROMPT, STATS_RE
 from vhostlm.errors import SetupError
+from vhostlm.wait import Deadline, WaitTimeout, wait_until
 
 RX_LINE_RE = re.compile(r"^RX (\d+)\n", re.M)  # whole lines only: output arrives in pieces
 FIND_NIC = (
@@ -110,15 +110,18 @@ class TestPmdReceiver:
         return int(match["rx"])
 
     def wait_count(self, shell: GuestShell, minimum: int, timeout: float) -> int | None:
-        """Read the counter every 0.2 s until it reaches `minimum`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.count(shell, max(1.0, deadline - time.monotonic()))
-            if value >= minimum:
-                return value
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.2)
+        """Read the counter every 0.2 s until it reaches `minimum` (testpmd prints it only
+        when asked: there is no event to wait on)."""
+        deadline = Deadline(timeout)
+
+        def reached() -> tuple[int] | None:  # a tuple: a counter of 0 can be the answer
+            value = self.count(shell, max(1.0, deadline.left()))
+            return (value,) if value >= minimum else None
+
+        try:
+            return wait_until(reached, timeout, what="guest rx counter", interval=0.2)[0]
+        except WaitTimeout:
+            return None
 
 
 class KernelReceiver:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,6 +17,7 @@ from vhostlm.apps.console import Console
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import Node
 from vhostlm.rundir import RunDir
+from vhostlm.wait import Deadline
 
 QEMU_BINARY = "qemu-system-x86_64"
 GUEST_MAC = "52:54:00:00:00:01"
@@ -269,14 +269,14 @@ class QemuVm:
         match: Callable[[dict[str, Any]], bool] | None = None,
     ) -> dict[str, Any]:
         """Wait for QMP event `name` (after index `since`) whose data satisfies `match`."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         seen = since
         while True:
             for event in self.events[seen:]:
                 if event.get("event") == name and (match is None or match(event.get("data", {}))):
                     return event
             seen = len(self.events)
-            left = deadline - time.monotonic()
+            left = deadline.left()
             if left <= 0:
                 raise QmpTimeout(f"QEMU {self.spec.name}: no {name} event in {timeout:.0f} s")
             if not self.process.alive():

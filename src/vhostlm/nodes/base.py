@@ -8,7 +8,6 @@ files and reach the node's unix sockets through a `Node`.
 from __future__ import annotations
 
 import signal
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Protocol
 from vhostlm.errors import SetupError
 from vhostlm.nodes.stream import OutputStream
 from vhostlm.rundir import RunDir
+from vhostlm.wait import wait_until
 
 
 @dataclass(frozen=True)
@@ -130,14 +130,17 @@ class Node(ABC):
     def wait_socket(
         self, path: str, timeout: float, alive: Callable[[], bool] | None = None
     ) -> None:
-        """Wait until unix socket `path` exists on the node (a program created it)."""
-        deadline = time.monotonic() + timeout
-        while not self._is_socket(path):
-            if time.monotonic() > deadline:
-                raise SetupError(f"{self.label}: no socket {path} after {timeout:.0f} s")
+        """Wait until unix socket `path` exists on the node (a program created it); WaitTimeout
+        naming it, or SetupError as soon as `alive()` says the program that makes it ended."""
+
+        def present() -> bool:
+            if self._is_socket(path):
+                return True
             if alive is not None and not alive():
                 raise SetupError(f"{self.label}: the program that makes {path} ended")
-            time.sleep(0.05)
+            return False
+
+        wait_until(present, timeout, what=f"{self.label}: socket {path}")
 
     def _is_socket(self, path: str) -> bool:
         return self.execute(["test", "-S", path]).status == 0

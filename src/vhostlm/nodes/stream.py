@@ -11,12 +11,12 @@ import contextlib
 import os
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 from vhostlm.errors import SetupError
+from vhostlm.wait import Deadline
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -103,10 +103,10 @@ class OutputStream:
 
     def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> bool:
         """Wait until `predicate(text)` holds for the whole output; False on timeout or end."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with _waiting(self._cond):
             while not predicate(self._text_locked()):
-                left = deadline - time.monotonic()
+                left = deadline.left()
                 if left <= 0 or self._closed:
                     return False
                 self._cond.wait(min(left, 0.5))
@@ -121,13 +121,13 @@ class OutputStream:
     ) -> re.Match[str]:
         """Wait until `pattern` appears after `since`; raise ExpectTimeout naming it."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         with _waiting(self._cond):
             while True:
                 match = regex.search(self._text_locked(), since)
                 if match:
                     return match
-                left = deadline - time.monotonic()
+                left = deadline.left()
                 if left <= 0 or self._closed or (alive is not None and not alive()):
                     tail = self._text_locked()[-300:].strip().replace("\n", " | ")
                     why = "timed out" if left <= 0 else "output ended"

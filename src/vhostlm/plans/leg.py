@@ -25,6 +25,7 @@ from vhostlm.plans.spec import CaseSpec
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, event_time
 from vhostlm.report.results import CaseResult, MigrationFigures, StepResult
+from vhostlm.wait import Deadline
 
 Status = MigrationStatus
 
@@ -39,16 +40,15 @@ class Side:
 
 
 def final_figures(vm: QemuVm) -> MigrationFigures:
-    """query-migrate once QEMU has filled in total-time (set just after the event)."""
-    deadline = time.monotonic() + 5
+    """query-migrate once QEMU has filled in total-time (set just after the event); what
+    it says after 5 s if it never does."""
+    settled = (Status.ACTIVE, Status.CANCELLED, Status.FAILED)
+    deadline = Deadline(5)
     while True:
         info = vm.migration()
-        settled = (Status.ACTIVE, Status.CANCELLED, Status.FAILED)
-        if info.total_time_ms is not None or info.status in settled:
+        if info.total_time_ms is not None or info.status in settled or deadline.expired():
             return MigrationFigures.from_query_migrate(info.raw)
-        if time.monotonic() > deadline:
-            return MigrationFigures.from_query_migrate(info.raw)
-        vm.pull_events(0.05)
+        vm.pull_events(0.05)  # waits on QMP's socket, not a sleep
 
 
 def figures_line(fig: MigrationFigures) -> str:
@@ -265,7 +265,8 @@ class LegRun:
         """Step 12: completed within --migration-timeout; RESUME on the destination."""
         mig, a, b = self.mig, self.a, self.b
         ends = {*END_STATES, Status.POSTCOPY_PAUSED} if mig.spec.kind.postcopy else END_STATES
-        ended = self._wait_end(frozenset(ends), self.started + mig.env.options.migration_timeout_s)
+        timeout = mig.env.options.migration_timeout_s - (time.monotonic() - self.started)
+        ended = self._wait_end(frozenset(ends), Deadline(timeout))
         if ended is None:
             self.survivable = True
             dead = mig.vitals.casualties(b.role)
@@ -363,14 +364,14 @@ class LegRun:
         self.mig.vitals.retire(self.b.vm.process)
         self.b.vm.stop()
 
-    def _wait_end(self, ends: frozenset[MigrationStatus], deadline: float) -> Status | None:
+    def _wait_end(self, ends: frozenset[MigrationStatus], deadline: Deadline) -> Status | None:
         """The migration's end status; None at `deadline` or as soon as a process the
         destination needs (its backend, its QEMU) has died: it can then never complete."""
         a, vitals = self.a, self.mig.vitals
         while True:
-            left = deadline - time.monotonic()
+            left = deadline.left()
             try:
-                return a.vm.wait_migration(self.ev_a, ends, max(0.0, min(left, 1.0)))[0]
+                return a.vm.wait_migration(self.ev_a, ends, min(left, 1.0))[0]
             except SetupError:
                 if not a.vm.process.alive():
                     raise  # the source itself is gone: nothing to cancel

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 from vhostlm.rundir import RUNTIME_ROOT, proc_starttime
 from vhostlm.testbed.lab import NS_PREFIX, list_namespaces, teardown_lab
 from vhostlm.testbed.remote import recover_remote
 from vhostlm.testbed.shell import run
+from vhostlm.wait import WaitTimeout, wait_until
 
 
 def kill_recorded(pid: int, starttime: int | None, grace: float = 5.0) -> bool:
@@ -24,11 +25,9 @@ def kill_recorded(pid: int, starttime: int | None, grace: float = 5.0) -> bool:
             os.kill(pid, sig)
         except ProcessLookupError:
             return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if proc_starttime(pid) != starttime or _is_zombie(pid):
-                return True
-            time.sleep(0.05)
+        with contextlib.suppress(WaitTimeout):  # not our child: no exit to wait on, so poll
+            return wait_until(lambda: proc_starttime(pid) != starttime or _is_zombie(pid),
+                              wait, what=f"end of pid {pid}")  # fmt: skip
     return True
 
 
@@ -87,3 +86,32 @@ def down_all(include_live: bool = False) -> tuple[list[str], list[str]]:
             run(["ip", "netns", "delete", ns], check=False)
             removed.append(ns)
     return removed, problems
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """`pid: command line` of running processes (but this one) whose command line has `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and str(os.getpid()) != proc.name:
+            found.append(f"{proc.name}: {cmd[:120]}")
+    return found
+
+
+def leftovers(run_id: str) -> list[str]:
+    """Everything of run `run_id` still present (processes, namespaces, runtime directory,
+    mounts, hugepage files): what tests and the soak check is empty after a run."""
+    runtime = RUNTIME_ROOT / run_id
+    left = processes_mentioning(f"{runtime}/")
+    left += [f"netns {ns}" for ns in list_namespaces() if ns.startswith(f"{NS_PREFIX}{run_id}-")]
+    if runtime.exists():
+        left.append(f"runtime dir {runtime}")
+    if f"{runtime}/" in Path("/proc/mounts").read_text():
+        left.append("hugetlbfs mount")
+    left += [f"hugepage file {p}" for p in Path("/dev/hugepages").glob(f"*{run_id}*")]
+    return left

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from vhostlm.errors import UsageError
+from vhostlm.rundir import RUNTIME_ROOT
 
 NR_PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
 FREE_PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
@@ -71,3 +73,15 @@ def release(added: int) -> None:
     """Shrink the pool by the pages a run added (never below zero)."""
     if added > 0:
         NR_PATH.write_text(str(max(0, total_pages() - added)))
+
+
+def baseline() -> int:
+    """The pool less the pages that runs in progress added (their lab.json records them):
+    it stays the same across a run even while other runs come and go, so leaks show."""
+    others = 0
+    for lab in RUNTIME_ROOT.glob("*/lab.json"):
+        try:
+            others += int(json.loads(lab.read_text()).get("added_pages", 0))
+        except (OSError, ValueError):
+            continue  # a run that is just ending
+    return total_pages() - others

@@ -20,6 +20,7 @@ from vhostlm.rundir import RunDir, proc_starttime
 from vhostlm.testbed.lab import MIG_NET, Lab
 from vhostlm.testbed.shell import run
 from vhostlm.testbed.topology import ROLES
+from vhostlm.wait import Deadline
 
 SSHD = "/usr/sbin/sshd"
 MGMT_NET = "198.19"  # 198.19.<k>.0/24, a /30 per role
@@ -73,9 +74,9 @@ def start_sshd(rundir: RunDir, netns: str, config: Path, log: Path, timeout: flo
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
         )
     rundir.record("pids", [proc.pid, proc_starttime(proc.pid)])
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)  # the log file has no event: poll it, and sshd's exit
     while "Server listening" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if proc.poll() is not None or deadline.expired():
             tail = log.read_text(errors="replace").strip().splitlines()[-1:]
             raise SetupError(f"sshd in {netns} did not start: {' '.join(tail) or 'no output'}")
         time.sleep(0.05)
