@@ -34,8 +34,9 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from vhostlm.apps.console import Console, GuestShell
 from vhostlm.apps.guest import guest_crash
 from vhostlm.apps.qemu import GUEST_MAC
+from vhostlm.guests.contract import READY_MARKER
 from vhostlm.guests.initramfs import start_dirty_load
-from vhostlm.image.build import READY_MARKER, build_image
+from vhostlm.image.build import build_image
 from vhostlm.nodes.local import LocalNode
 from vhostlm.runner import CACHE_DIR
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vhostlm.apps.accel import boots_under_kvm, probe_accel
-from vhostlm.image.build import GuestImage
+from vhostlm.image.cache import GuestImage
 from vhostlm.preflight import preflight
 from vhostlm.rundir import RunDir
 from vhostlm.testbed import hugepages

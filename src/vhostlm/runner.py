@@ -15,7 +15,8 @@ from vhostlm import __version__
 from vhostlm.apps.qemu import qemu_version as parse_qemu
 from vhostlm.backends.testpmd import TESTPMD_MB
 from vhostlm.beds import Budget, bed_setup, this_machine
-from vhostlm.image.build import GuestImage, build_image
+from vhostlm.image.build import build_image
+from vhostlm.image.cache import GuestImage
 from vhostlm.plans.env import LabEnv, RunOptions
 from vhostlm.plans.flow import run_case
 from vhostlm.plans.spec import CaseSpec

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from vhostlm.apps.qemu import QEMU_BINARY
 from vhostlm.errors import SetupError
-from vhostlm.image.build import READY_MARKER, GuestImage
+from vhostlm.guests.contract import READY_MARKER
+from vhostlm.image.cache import GuestImage
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
 from vhostlm.nodes.stream import ExpectTimeout

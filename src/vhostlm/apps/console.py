@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from vhostlm.errors import SetupError
-from vhostlm.image.build import PROMPT
+from vhostlm.guests.contract import PROMPT
 from vhostlm.nodes.stream import OutputStream, pump_fd
 from vhostlm.wait import Deadline, wait_until
 

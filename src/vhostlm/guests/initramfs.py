@@ -8,7 +8,7 @@ from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import KernelReceiver, Receiver, TestPmdReceiver
 from vhostlm.apps.qemu import QemuVm
 from vhostlm.guests.base import BootFiles, Driver, Guest
-from vhostlm.image.build import READY_MARKER
+from vhostlm.guests.contract import READY_MARKER
 from vhostlm.testbed.topology import Topology
 
 PROMPT_TIMEOUT_S = 30.0

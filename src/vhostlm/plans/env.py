@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vhostlm.apps.qemu import GUEST_MAC
-from vhostlm.image.build import GuestImage
+from vhostlm.image.cache import GuestImage
 from vhostlm.report.progress import Progress
 from vhostlm.rundir import RunDir
 from vhostlm.testbed.topology import Topology

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from vhostlm.errors import SetupError, UsageError
-from vhostlm.image.build import GuestImage, sha256_file
+from vhostlm.image.cache import GuestImage
+from vhostlm.image.host import sha256_file
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
 from vhostlm.nodes.ssh import SshNode
