@@ -31,9 +31,9 @@ from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from vhostlm.addresses import GUEST_MAC, QEMU_BINARY, TESTPMD_BINARY
 from vhostlm.apps.console import Console, GuestShell
 from vhostlm.apps.guest import guest_crash
-from vhostlm.apps.qemu import GUEST_MAC
 from vhostlm.guests.contract import READY_MARKER
 from vhostlm.guests.initramfs import start_dirty_load
 from vhostlm.image.build import build_image
@@ -46,7 +46,7 @@ MODES = ("private", "memfd", "vhost-idle", "vhost-rx")
 def qemu_argv(mode: str, kernel: Path, initrd: Path, d: Path, name: str) -> list[str]:
     """One QEMU of the pair (`name` src or dst)."""
     argv = [
-        "qemu-system-x86_64", "-name", name, "-machine", "pc", "-accel", "tcg",
+        QEMU_BINARY, "-name", name, "-machine", "pc", "-accel", "tcg",
         "-cpu", "Nehalem", "-m", "1024M", "-smp", "1", "-kernel", str(kernel),
         "-initrd", str(initrd), "-append", "console=ttyS0 init_on_alloc=0 panic=-1 quiet",
         "-chardev", f"socket,id=ser0,path={d}/{name}-con.sock,server=on,wait=off",
@@ -68,7 +68,7 @@ def qemu_argv(mode: str, kernel: Path, initrd: Path, d: Path, name: str) -> list
 def testpmd(mode: str, d: Path, name: str) -> subprocess.Popen[str]:
     """A vhost testpmd without hugepages; sending into the guest (txonly) for vhost-rx only."""
     proc = subprocess.Popen(
-        ["dpdk-testpmd", "-l", "0-1", "--no-huge", "-m", "256", "--no-pci",
+        [TESTPMD_BINARY, "-l", "0-1", "--no-huge", "-m", "256", "--no-pci",
          "--file-prefix", f"repro-{d.name}-{name}",
          "--vdev", f"net_vhost0,iface={d}/{name}-vhost.sock,queues=1",
          "--", "-i", "--total-num-mbufs=8192"],

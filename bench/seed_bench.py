@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vhostlm.addresses import QEMU_BINARY
 from vhostlm.apps.console import SHELL_PROMPT
-from vhostlm.apps.qemu import QEMU_BINARY
 from vhostlm.image.build import build_image
 from vhostlm.nodes.process import Process
 from vhostlm.plans.env import TCG_CPU

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vhostlm.addresses import PROBE_PPS
 from vhostlm.testbed.cleanup import leftovers
 from vhostlm.testbed.hugepages import baseline as hugepages_baseline
 
@@ -60,7 +61,7 @@ def main() -> int:
     parser.add_argument("--migrations", type=int, default=50)
     parser.add_argument("--round-trips", type=int, default=5, help="per run (2 migrations each)")
     parser.add_argument("--case", default="virtio_net")
-    parser.add_argument("--pps", type=float, default=1000.0)
+    parser.add_argument("--pps", type=float, default=PROBE_PPS)
     parser.add_argument("--keep", type=Path, help="keep the run directories here")
     args = parser.parse_args()
 

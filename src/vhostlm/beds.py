@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vhostlm.addresses import QEMU_BINARY
 from vhostlm.apps.accel import boots_under_kvm, probe_accel
 from vhostlm.image.cache import GuestImage
 from vhostlm.preflight import preflight
@@ -41,7 +42,7 @@ class Budget:
         return self.guest_mb + self.backend_mb + 64
 
 
-def local_qemu_version(binary: str = "qemu-system-x86_64") -> str:
+def local_qemu_version(binary: str = QEMU_BINARY) -> str:
     """`qemu-system-x86_64 --version`, first line's version number."""
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
     words = out.split()

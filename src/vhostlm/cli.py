@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import secrets
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vhostlm.errors import SetupError, UsageError
-from vhostlm.paths import check_file_target, check_output_dir
+from vhostlm.options import RunOptions, RunTarget, add_run_arguments, from_namespace, validate
 from vhostlm.plans.catalog import PLANS, plan_of, select_cases
-from vhostlm.plans.env import PROBE_PPS, SEED_PPS, RunOptions
 from vhostlm.report.progress import Progress
 from vhostlm.report.summary import render_summary
 
 if TYPE_CHECKING:
     from vhostlm.testbed.lab import Lab
-
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,175 +27,13 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def positive(kind: type[int] | type[float]) -> Callable[[str], float | int]:
-    """argparse type: a number > 0."""
-
-    def convert(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    return convert
-
-
-def count(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
-def path(text: str) -> Path:
-    """argparse type: a path, not empty (Path("") would silently mean the current dir)."""
-    if not text:
-        raise argparse.ArgumentTypeError("empty path")
-    return Path(text)
-
-
-def mac(text: str) -> str:
-    """argparse type: a MAC address."""
-    if not MAC_RE.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a MAC address like 52:54:00:00:00:01")
-    return text.lower()
-
-
 def build_parser() -> Parser:
     """The whole command-line grammar."""
     parser = Parser(prog="vhostlm", description="Prove vhost-user live migration works.")
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
 
     run = sub.add_parser("run", help="run a plan on the embedded lab (default: the seed plan)")
-    run.add_argument(
-        "--plan",
-        default="seed",
-        choices=list(PLANS),
-        help="seed (default), dts (DPDK's 8 cases), variants, or all",
-    )
-    run.add_argument(
-        "--case",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="run only this case (repeatable); see `vhostlm list`",
-    )
-    run.add_argument("--output", type=path, help="run directory (default ./results/<time>/)")
-    run.add_argument(
-        "--pps",
-        type=positive(float),
-        default=None,
-        help=f"tester rate (default {PROBE_PPS:g} probes/s; {SEED_PPS:g}/s with --seed-traffic)",
-    )
-    run.add_argument(
-        "--seed-traffic",
-        action="store_true",
-        help="the seed's exact form: UDP frames, guest testpmd rxonly with verbose 1; no probes",
-    )
-    run.add_argument(
-        "--max-outage-ms",
-        type=positive(float),
-        metavar="MS",
-        help="fail a case whose measured outage is longer",
-    )
-    run.add_argument(
-        "--max-loss", type=count, metavar="N", help="fail a case that loses more probes"
-    )
-    run.add_argument("--junit", type=path, metavar="FILE", help="also write JUnit XML here")
-    run.add_argument(
-        "-k",
-        dest="keyword",
-        metavar="EXPR",
-        help="only cases whose names match (words, and, or, not), as pytest -k",
-    )
-    run.add_argument(
-        "--round-trips",
-        type=count,
-        metavar="N",
-        help="migrate there and back N times (ping-pong); each leg is measured",
-    )
-    run.add_argument(
-        "--downtime-limit",
-        type=count,
-        metavar="MS",
-        help="QEMU's downtime-limit for every migration",
-    )
-    run.add_argument(
-        "--max-bandwidth",
-        type=positive(float),
-        metavar="MBIT/S",
-        help="QEMU's max-bandwidth for every migration, in Mbit/s",
-    )
-    run.add_argument(
-        "--converge-timeout",
-        type=positive(float),
-        metavar="S",
-        default=RunOptions.converge_timeout_s,
-        help="how long a non-converging migration runs before it is cancelled",
-    )
-    run.add_argument(
-        "--guest-memory",
-        choices=("hugetlbfs", "memfd"),
-        default="hugetlbfs",
-        help="guest RAM shared with vhost: a hugetlbfs file (the seed's) or memfd",
-    )
-    run.add_argument(
-        "--guest-smp",
-        type=positive(int),
-        default=None,
-        metavar="N",
-        help="guest vCPUs",
-    )
-    run.add_argument(
-        "--dst-mac",
-        type=mac,
-        default=RunOptions.dst_mac,
-        help="destination MAC of the tester's frames (default: the guest's)",
-    )
-    run.add_argument(
-        "--guest-mem", type=positive(int), default=RunOptions.guest_mem_mb, metavar="MB"
-    )
-    run.add_argument(
-        "--migration-timeout",
-        type=positive(float),
-        default=RunOptions.migration_timeout_s,
-        metavar="S",
-        help="fail a migration not completed S seconds after `migrate` (it is cancelled and "
-        "the guest stays on the source)",
-    )
-    run.add_argument(
-        "--migration-tls",
-        action="store_true",
-        help="encrypt the migration stream (QEMU tls-creds-x509, certificates made for the run)",
-    )
-    run.add_argument(
-        "--no-backup-backend",
-        action="store_true",
-        help="start no vhost testpmd on the backup (the case must fail)",
-    )
-    run.add_argument(
-        "--switch-learning",
-        action="store_true",
-        help="make the lab switch learn MACs: the guest is reached on the backup only once "
-        "it is announced there (default: flood, like the seed's switch)",
-    )
-    run.add_argument(
-        "--cpu", default="", help="guest CPU model (default: host under KVM, Nehalem under TCG)"
-    )
-    run.add_argument(
-        "--testbed",
-        type=Path,
-        metavar="FILE",
-        help="run on the servers of this testbed file (over SSH) instead of the embedded lab",
-    )
+    add_run_arguments(run, choices={"plan": list(PLANS)})  # declared in vhostlm.options
 
     doctor = sub.add_parser(
         "doctor", help="check that a testbed (or this machine) can run the plan"
@@ -239,35 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     """`vhostlm run`."""
     from vhostlm.runner import run_plan
 
-    cases = select_cases(args.plan, args.case, args.keyword)
-    if args.seed_traffic and (args.max_outage_ms is not None or args.max_loss is not None):
-        raise UsageError("--max-outage-ms and --max-loss need probes: drop --seed-traffic")
-    if args.output is not None:
-        check_output_dir("--output", args.output)
-    if args.junit is not None:
-        check_file_target("--junit", args.junit)
-    options = RunOptions(
-        probes=not args.seed_traffic,
-        max_outage_ms=args.max_outage_ms,
-        max_loss=args.max_loss,
-        pps=args.pps,
-        round_trips=args.round_trips,
-        downtime_limit_ms=args.downtime_limit,
-        max_bandwidth_mbps=args.max_bandwidth,
-        converge_timeout_s=args.converge_timeout,
-        guest_smp=args.guest_smp,
-        guest_memory=args.guest_memory,
-        dst_mac=args.dst_mac,
-        guest_mem_mb=args.guest_mem,
-        migration_timeout_s=args.migration_timeout,
-        backup_backend=not args.no_backup_backend,
-        switch_learning=args.switch_learning,
-        cpu=args.cpu,
-        migration_tls=args.migration_tls,
-    )
+    target, options = from_namespace(RunTarget, args), from_namespace(RunOptions, args)
+    cases = select_cases(target.plan, list(target.cases), target.keyword)
+    validate(target, options)
     with Progress() as progress:
         result = run_plan(
-            cases, options, args.output, progress, junit=args.junit, testbed=args.testbed
+            cases, options, target.output, progress, junit=target.junit, testbed=target.testbed
         )
     print(render_summary(result, color=sys.stdout.isatty()))
     return result.exit_code

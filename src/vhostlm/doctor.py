@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vhostlm.addresses import QEMU_BINARY, TESTPMD_BINARY
 from vhostlm.apps.qemu import qemu_version
 from vhostlm.errors import VhostlmError
 from vhostlm.nodes.base import Node
@@ -22,7 +23,7 @@ from vhostlm.rundir import RunDir
 from vhostlm.testbed.model import PortSpec, TestbedSpec, load_testbed
 from vhostlm.testbed.remote import free_hugepage_mb, make_node, remote_sha256
 
-QEMU = "qemu-system-x86_64"
+QEMU = QEMU_BINARY
 PACKED_QEMU = (4, 2)  # packed=on on virtio-net-pci
 # "physmem: Fix migration dirty bitmap coherency with TCG memory access" (QEMU 9.0): before
 # it, TCG guest writes could miss the migration's dirty bitmap and the destination guest
@@ -225,7 +226,7 @@ def check_local() -> Doctor:
     """The embedded lab's needs on this machine."""
     doc = Doctor()
     node = LocalNode("local")
-    doc.guarded("local", "programs", doc.programs, "local", node, QEMU, "dpdk-testpmd")
+    doc.guarded("local", "programs", doc.programs, "local", node, QEMU, TESTPMD_BINARY)
     for binary, package in (("ip", "iproute2"), ("tcpdump", "tcpdump"), ("ssh-keygen",
                             "openssh-client"), ("/usr/sbin/sshd", "openssh-server")):  # fmt: skip
         found = node.which(binary) is not None

@@ -6,11 +6,12 @@ import glob
 import os
 import shutil
 
+from vhostlm.addresses import QEMU_BINARY, TESTPMD_BINARY
 from vhostlm.errors import UsageError
 
 BINARIES = {
-    "qemu-system-x86_64": "apt-get install qemu-system-x86",
-    "dpdk-testpmd": "apt-get install dpdk-dev",
+    QEMU_BINARY: "apt-get install qemu-system-x86",
+    TESTPMD_BINARY: "apt-get install dpdk-dev",
     "ip": "apt-get install iproute2",
 }
 PMDS = {

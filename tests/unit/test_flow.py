@@ -278,7 +278,7 @@ def run(tmp_path: Path, name: str, world: World | None = None, **opts: Any) -> t
         backend=lambda name, config: FakeBackend(world, config),
         guest=lambda kind: FakeGuest(world),
         vm=lambda spec, rundir, node: FakeVm(world, spec, rundir, node),  # type: ignore[arg-type,return-value]
-        traffic=lambda case, env, stack: FakeTraffic(world, case, env, stack),  # type: ignore[arg-type,return-value]
+        traffic=lambda case, env, stack, mac: FakeTraffic(world, case, env, stack),  # type: ignore[arg-type,return-value]
     )
     return run_case(all_cases()[name], env, drivers), world
 

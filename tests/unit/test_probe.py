@@ -1,21 +1,28 @@
-"""Probe frames, reply parsing, announce parsing and the pass criteria."""
+"""Probe frames, reply parsing, announce parsing, what the sniffer watches, the pass criteria."""
 
 from __future__ import annotations
 
 import queue
 import socket
 import threading
+from contextlib import ExitStack
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
+from vhostlm.addresses import GUEST_IP, GUEST_MAC, TESTER_IP
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements
 from vhostlm.measure.probe import ProbeRun, build_template, checksum, reply_seq, stamp
-from vhostlm.plans.traffic import check_limits
+from vhostlm.plans.env import RunOptions
+from vhostlm.plans.traffic import Traffic, check_limits
+from vhostlm.testbed.topology import Nic, Tools
 
-TEMPLATE = build_template("52:54:00:00:00:01", "02:00:00:00:00:03", "198.18.1.3", "198.18.1.100")
+TEMPLATE = build_template(GUEST_MAC, "02:00:00:00:00:03", TESTER_IP, GUEST_IP)
 
 
 def as_reply(frame: bytes) -> bytes:
@@ -108,3 +115,51 @@ def test_limits_fail_with_the_measured_figure() -> None:
         check_limits(measure, None, 10)
     with pytest.raises(StepFailed, match="no probe figures"):
         check_limits({}, 1.0, None)
+
+
+class RecordingNode:
+    """A node that records the command lines of the processes made on it."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.argv: dict[str, list[str]] = {}
+
+    def process(self, name: str, argv: list[str], rundir: Any) -> Any:
+        self.argv[name] = argv
+        return SimpleNamespace(name=name, stop=lambda: None)
+
+    def exists(self, path: str) -> bool:
+        return False
+
+
+def traffic_argv(tmp_path: Path, options: RunOptions, **guest: str) -> tuple[list[str], str]:
+    """(the tester's argv, the backup sniffer's tcpdump filter) of a case's Traffic."""
+    tester, switch = RecordingNode("tester"), RecordingNode("switch")
+    bed = SimpleNamespace(
+        nic=lambda role: Nic(interface="eth0"), node=lambda role: tester,
+        tools=lambda role: Tools(python="python3"), workdir=lambda role: str(tmp_path),
+        sniff_points=lambda: {r: (switch, f"p-{r}") for r in ("host", "backup")},
+    )  # fmt: skip
+    env = SimpleNamespace(bed=bed, options=options, rundir=SimpleNamespace(path=tmp_path))
+    with ExitStack() as stack:
+        Traffic("c", env, stack, **guest)  # type: ignore[arg-type]
+    return tester.argv["c-tester"], switch.argv["c-announce-host"][-1]
+
+
+def test_sniffer_watches_the_guests_mac_not_the_testers_destination(tmp_path: Path) -> None:
+    # --dst-mac only says where the tester's frames go; announcements come from the MAC
+    # QEMU gave the guest's NIC (the old sniffer took the GUEST_MAC constant, whatever the VM)
+    tester, sniffed = traffic_argv(
+        tmp_path, RunOptions(dst_mac="ff:ff:ff:ff:ff:ff"), guest_mac="52:54:00:12:34:56"
+    )
+    assert tester[tester.index("--dst-mac") + 1] == "ff:ff:ff:ff:ff:ff"
+    assert sniffed == "ether src 52:54:00:12:34:56 and (rarp or arp)"
+
+
+def test_by_default_the_sniffer_and_tester_use_the_guests_mac(tmp_path: Path) -> None:
+    tester, sniffed = traffic_argv(tmp_path, RunOptions())
+    assert tester[tester.index("--dst-mac") + 1] == GUEST_MAC
+    assert tester[tester.index("--src-ip") + 1 :][:3] == [TESTER_IP, "--dst-ip", GUEST_IP]
+    assert sniffed == f"ether src {GUEST_MAC} and (rarp or arp)"
+    _, sniffed = traffic_argv(tmp_path, RunOptions(dst_mac="02:00:00:00:00:aa"))
+    assert GUEST_MAC in sniffed and "02:00:00:00:00:aa" not in sniffed

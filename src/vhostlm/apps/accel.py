@@ -12,7 +12,7 @@ import os
 import platform
 from pathlib import Path
 
-from vhostlm.apps.qemu import QEMU_BINARY
+from vhostlm.addresses import QEMU_BINARY
 from vhostlm.errors import SetupError
 from vhostlm.guests.contract import READY_MARKER
 from vhostlm.image.cache import GuestImage

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
+from vhostlm.addresses import GUEST_IP, PREFIX_LEN
 from vhostlm.apps.console import SHELL_PROMPT, GuestShell
 from vhostlm.apps.testpmd import PROMPT, STATS_RE
 from vhostlm.errors import SetupError
@@ -21,8 +22,6 @@ FIND_NIC = (
     "for d in /sys/bus/pci/devices/*; do "
     'if [ "$(cat $d/vendor) $(cat $d/device)" = "0x1af4 0x1000" ]; then basename $d; fi; done'
 )
-GUEST_IP = "198.18.1.100"
-PREFIX_LEN = 24
 
 
 CRASH_RE = re.compile(

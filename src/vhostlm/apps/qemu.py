@@ -13,14 +13,13 @@ from typing import Any
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from vhostlm.addresses import GUEST_MAC, QEMU_BINARY
 from vhostlm.apps.console import Console
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import Node
 from vhostlm.rundir import RunDir
 from vhostlm.wait import Deadline
 
-QEMU_BINARY = "qemu-system-x86_64"
-GUEST_MAC = "52:54:00:00:00:01"
 # MSI-X on the vhost-user virtio-net-pci under TCG: QEMU 7.2 segfaults in
 # msix_set_vector_notifiers when the guest driver starts the device; 10.0 works.
 MSIX_TCG_QEMU = (10, 0)

@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dst-mac", required=True)
     parser.add_argument("--src-ip", required=True)
     parser.add_argument("--dst-ip", required=True)
-    parser.add_argument("--pps", type=float, default=1000.0)
+    # no default: this script runs alone on the tester; `Tester` passes the run's rate
+    parser.add_argument("--pps", type=float, required=True)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

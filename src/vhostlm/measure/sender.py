@@ -20,7 +20,7 @@ MAGIC = b"VHLM"
 SEQ_OFFSET = 14 + 20 + 8 + len(MAGIC)  # Ethernet + IPv4 + UDP headers, then magic
 
 
-def build_template(dst: str, src: str, size: int = 20) -> bytes:
+def build_template(dst: str, src: str, src_ip: str, dst_ip: str, size: int = 20) -> bytes:
     """The seed's frame, sequence number 0; UDP checksum 0 (none) so it can be patched."""
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
@@ -29,7 +29,7 @@ def build_template(dst: str, src: str, size: int = 20) -> bytes:
     payload = MAGIC + struct.pack("!Q", 0) + b"x" * max(0, size - len(MAGIC) - 8)
     frame = (
         Ether(dst=dst, src=src)
-        / IP(src="198.18.1.3", dst="198.18.1.1")
+        / IP(src=src_ip, dst=dst_ip)
         / UDP(sport=4000, dport=4001, chksum=0)
         / Raw(payload)
     )
@@ -53,13 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sender.py")
     parser.add_argument("--iface", required=True)
     parser.add_argument("--dst", required=True, help="destination MAC")
-    parser.add_argument("--pps", type=float, default=50.0)
+    parser.add_argument("--src-ip", required=True)
+    parser.add_argument("--dst-ip", required=True)
+    # no defaults: this script runs alone on the tester; `Tester` passes vhostlm.addresses'
+    parser.add_argument("--pps", type=float, required=True)
     parser.add_argument("--count", type=int, default=0, help="0: until stopped")
     args = parser.parse_args(argv)
 
     with open(f"/sys/class/net/{args.iface}/address") as fh:
         src = fh.read().strip()
-    template = build_template(args.dst, src)
+    template = build_template(args.dst, src, args.src_ip, args.dst_ip)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((args.iface, 0))
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from vhostlm.addresses import SEED_DST_IP, TESTER_IP
 from vhostlm.measure import probe, sender
 from vhostlm.nodes.base import Node, NodeProcess
 from vhostlm.rundir import RunDir
@@ -33,6 +34,7 @@ class Tester:
         probe_ips: tuple[str, str] | None,
         python: str,
         workdir: str,
+        seed_ips: tuple[str, str] = (TESTER_IP, SEED_DST_IP),
     ) -> None:
         self.node = node
         self.probes = probe_ips is not None
@@ -45,7 +47,8 @@ class Tester:
                     "--dst-mac", dst_mac, "--src-ip", probe_ips[0], "--dst-ip", probe_ips[1],
                     "--pps", str(pps), "--out", self.remote_data]  # fmt: skip
         else:
-            argv = [python, self.script[1], "--iface", iface, "--dst", dst_mac, "--pps", str(pps)]
+            argv = [python, self.script[1], "--iface", iface, "--dst", dst_mac, "--src-ip",
+                    seed_ips[0], "--dst-ip", seed_ips[1], "--pps", str(pps)]  # fmt: skip
         self.process: NodeProcess = node.process(name, argv, rundir)
 
     def start(self) -> Tester:

@@ -45,7 +45,7 @@ class Drivers:
     backend: Callable[[str, BackendConfig], VhostBackend] = make_backend
     guest: Callable[[str], Guest] = make_guest
     vm: Callable[[VmSpec, RunDir, Node], QemuVm] = QemuVm
-    traffic: Callable[[str, LabEnv, ExitStack], Traffic] = Traffic
+    traffic: Callable[[str, LabEnv, ExitStack, str], Traffic] = Traffic
 
 
 class CaseFlow:
@@ -305,7 +305,8 @@ class CaseFlow:
     def guest_receives(self, step: StepResult) -> None:
         """Step 9: tester traffic starts; the guest receives (and answers a second of probes)."""
         opts, src = self.env.options, self.sides[0]
-        self.traffic = traffic = self.drivers.traffic(self.spec.name, self.env, self.stack)
+        mac = src.vm.spec.mac  # announcements are of the guest's own MAC, not --dst-mac's
+        self.traffic = traffic = self.drivers.traffic(self.spec.name, self.env, self.stack, mac)
         traffic.start()
         self.vitals.watch_tester(traffic.tester)
         got = self.receiver.wait_count(src.shell, 1, 30)

@@ -11,8 +11,7 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
-from vhostlm.apps.guest import GUEST_IP
-from vhostlm.apps.qemu import GUEST_MAC
+from vhostlm.addresses import GUEST_IP, GUEST_MAC, TESTER_IP
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements, tcpdump_argv
 from vhostlm.measure.outage import analyse, largest_gap
@@ -20,7 +19,6 @@ from vhostlm.measure.tester import PROGRESS_RE, Tester
 from vhostlm.nodes.base import NodeProcess
 from vhostlm.plans.env import LabEnv
 from vhostlm.report.results import MigrationFigures
-from vhostlm.testbed.lab import TESTER_NET
 
 # After RESUME the path settles (vhost queues restart, the switch relearns): losses then
 # still belong to the switch-over, not to the tester or the steady state.
@@ -34,12 +32,18 @@ def event_time(event: dict[str, Any]) -> float:
 
 
 class Traffic:
-    """The tester stream and the announce sniffer of one case; stopped by the case's stack."""
+    """The tester stream and the announce sniffer of one case; stopped by the case's stack.
 
-    def __init__(self, case: str, env: LabEnv, stack: ExitStack) -> None:
+    The tester sends to --dst-mac (the guest's MAC unless told otherwise); the sniffer
+    watches for announcements of `guest_mac`, the MAC QEMU gave the guest's NIC."""
+
+    def __init__(
+        self, case: str, env: LabEnv, stack: ExitStack, guest_mac: str = GUEST_MAC
+    ) -> None:
         bed, opts = env.bed, env.options
+        self.guest_mac = guest_mac
         self.pps = opts.rate
-        probe_ips = (f"{TESTER_NET}.3", GUEST_IP) if opts.probes else None
+        probe_ips = (TESTER_IP, GUEST_IP) if opts.probes else None
         iface = bed.nic("tester").interface or "eth0"
         self.tester = Tester(
             f"{case}-tester", env.rundir, bed.node("tester"), iface, opts.dst_mac, self.pps,
@@ -52,7 +56,7 @@ class Traffic:
             key = (node.label, where)
             if key not in by_place:
                 by_place[key] = node.process(
-                    f"{case}-announce-{role}", tcpdump_argv(where, GUEST_MAC), env.rundir
+                    f"{case}-announce-{role}", tcpdump_argv(where, guest_mac), env.rundir
                 )
             self.sniffers[role] = by_place[key]
         self._sniffer_list = list(by_place.values())

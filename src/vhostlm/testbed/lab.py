@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vhostlm.addresses import MIG_IPS, PREFIX_LEN, TESTER_IP
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
@@ -24,8 +25,6 @@ from vhostlm.testbed.shell import run
 from vhostlm.testbed.topology import ROLES, Nic, Topology
 
 NS_PREFIX = "vhostlm-"
-MIG_NET = "198.18.0"
-TESTER_NET = "198.18.1"
 
 
 class Lab(Topology):
@@ -92,7 +91,7 @@ class Lab(Topology):
 
     def migration_ip(self, role: str) -> str:
         """Address of the role on the host-backup migration link."""
-        return f"{MIG_NET}.{ {'host': 1, 'backup': 2}[role] }"
+        return MIG_IPS[role]
 
     def _save(self) -> None:
         self._state_path.write_text(json.dumps(self.state, indent=1))
@@ -162,7 +161,8 @@ class Lab(Topology):
                     run(["bridge", "-n", switch, "link", "set", "dev", f"p-{role}",
                          "learning", "off"])  # fmt: skip
                 run(["ip", "-n", self.ns(role), "link", "set", self.port(role), "promisc", "on"])
-            run(["ip", "-n", self.ns("tester"), "addr", "add", f"{TESTER_NET}.3/24", "dev", "eth0"])
+            tester_ip = f"{TESTER_IP}/{PREFIX_LEN}"
+            run(["ip", "-n", self.ns("tester"), "addr", "add", tester_ip, "dev", "eth0"])
             self._veth(self.ns("host"), "mig0", self.ns("backup"), "mig0")
             for role in ("host", "backup"):
                 run(
@@ -172,7 +172,7 @@ class Lab(Topology):
                         self.ns(role),
                         "addr",
                         "add",
-                        f"{self.migration_ip(role)}/24",
+                        f"{self.migration_ip(role)}/{PREFIX_LEN}",
                         "dev",
                         "mig0",
                     ]

@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from vhostlm.addresses import MIG_PORT, QEMU_BINARY, TESTPMD_BINARY
 from vhostlm.errors import UsageError
 
 PCI_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
@@ -148,8 +149,8 @@ class NodeSpec(Strict):
     netns: str | None = None  # with local: run inside this network namespace
     port: PortSpec
     hugepages: HugepageSpec = HugepageSpec()
-    qemu: str = Field(default="qemu-system-x86_64", min_length=1)
-    testpmd: str = Field(default="dpdk-testpmd", min_length=1)
+    qemu: str = Field(default=QEMU_BINARY, min_length=1)
+    testpmd: str = Field(default=TESTPMD_BINARY, min_length=1)
     python: str = Field(default="python3", min_length=1)
     workdir: AbsolutePath = "/var/tmp/vhostlm"
 
@@ -181,7 +182,7 @@ class MigrationSpec(Strict):
 
     host: IPv4Address
     backup: IPv4Address
-    port: int = Field(default=4444, ge=1, le=65535)
+    port: int = Field(default=MIG_PORT, ge=1, le=65535)
 
 
 class GuestSpec(Strict):

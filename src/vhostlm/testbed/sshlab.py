@@ -15,15 +15,15 @@ from pathlib import Path
 
 import yaml
 
+from vhostlm.addresses import MGMT_NET
 from vhostlm.errors import SetupError
 from vhostlm.rundir import RunDir, proc_starttime
-from vhostlm.testbed.lab import MIG_NET, Lab
+from vhostlm.testbed.lab import Lab
 from vhostlm.testbed.shell import run
 from vhostlm.testbed.topology import ROLES
 from vhostlm.wait import Deadline
 
 SSHD = "/usr/sbin/sshd"
-MGMT_NET = "198.19"  # 198.19.<k>.0/24, a /30 per role
 
 
 def _free_subnet(run_id: str) -> int:
@@ -121,7 +121,8 @@ def start_ssh_lab(lab: Lab, accel: str, python: str) -> Path:
     (keys / "known_hosts").write_text("\n".join(known) + "\n")
     testbed = {
         "nodes": nodes,
-        "migration": {"host": f"{MIG_NET}.1", "backup": f"{MIG_NET}.2", "port": 4444},
+        "migration": {"host": lab.migration_ip("host"), "backup": lab.migration_ip("backup"),
+                      "port": lab.migration_port},  # fmt: skip
         "guest": {"accel": accel},
     }
     path = rundir.path / "testbed.yaml"

@@ -12,11 +12,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhostlm.addresses import MIG_PORT, QEMU_BINARY, TESTPMD_BINARY
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.sockets import secure_sockets
 
 ROLES = ("host", "backup", "tester")
-MIG_PORT = 4444
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class Nic:
 class Tools:
     """Where a node's programs are."""
 
-    qemu: str = "qemu-system-x86_64"
-    testpmd: str = "dpdk-testpmd"
+    qemu: str = QEMU_BINARY
+    testpmd: str = TESTPMD_BINARY
     python: str = sys.executable
 
 

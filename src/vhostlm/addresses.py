@@ -1,0 +1,33 @@
+"""The lab's address plan, program names and probe rates: each defined here once.
+
+Imports nothing from vhostlm, so every layer (apps, testbed, measure, plans, cli, bench)
+can take its defaults from here. 198.18.0.0/15 is RFC 2544's benchmarking range.
+"""
+
+from __future__ import annotations
+
+# --- the guest ------------------------------------------------------------------------
+GUEST_MAC = "52:54:00:00:00:01"  # the seed's MAC, given by QEMU to the guest's virtio NIC
+
+# --- the tester's LAN (tester, host's and backup's ports on the switch) ----------------
+TESTER_NET = "198.18.1"  # a /24: the first three octets
+PREFIX_LEN = 24  # of the tester's LAN and the migration link alike
+TESTER_IP = f"{TESTER_NET}.3"  # the tester's eth0; the probes' source
+GUEST_IP = f"{TESTER_NET}.100"  # the guest's NIC when probed (the kernel answers ICMP echo)
+SEED_DST_IP = f"{TESTER_NET}.1"  # destination IP of the seed's UDP stream (no one answers)
+
+# --- the host-backup migration link -----------------------------------------------------
+MIG_NET = "198.18.0"  # a /24 on mig0: host .1, backup .2
+MIG_IPS = {"host": f"{MIG_NET}.1", "backup": f"{MIG_NET}.2"}
+MIG_PORT = 4444  # QEMU's `-incoming tcp:<backup>:4444`, as in the seed
+
+# --- the SSH lab's management links -----------------------------------------------------
+MGMT_NET = "198.19"  # 198.19.<k>.0/24, a /30 per role
+
+# --- programs, as found on PATH ---------------------------------------------------------
+QEMU_BINARY = "qemu-system-x86_64"
+TESTPMD_BINARY = "dpdk-testpmd"
+
+# --- the tester's rates -----------------------------------------------------------------
+PROBE_PPS = 1000.0  # probes per second: 1 ms outage resolution
+SEED_PPS = 50.0  # the seed's stream: `set verbose 1` prints every packet on the console

@@ -1,0 +1,281 @@
+"""The options of `vhostlm run`, each declared once: flag, field, type, default, help, checks.
+
+Every option is one dataclass field whose metadata holds its command-line form (`option`):
+`RunOptions` (the knobs the cases read) and `RunTarget` (what to run, where to write). The
+argparse grammar (`add_run_arguments`), the objects built back from the parsed namespace
+(`from_namespace`) and the checks argparse cannot make (`validate`) are all derived here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from vhostlm.addresses import GUEST_MAC, PROBE_PPS, SEED_PPS
+from vhostlm.errors import UsageError
+from vhostlm.paths import check_file_target, check_output_dir
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+# --- value parsers: argparse `type`s whose errors name the value ------------------------
+def positive(kind: type[int] | type[float]) -> Callable[[str], float | int]:
+    """argparse type: a number > 0."""
+
+    def convert(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    return convert
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def path(text: str) -> Path:
+    """argparse type: a path, not empty (Path("") would silently mean the current dir)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
+
+
+def mac(text: str) -> str:
+    """argparse type: a MAC address, lower-cased."""
+    if not MAC_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a MAC address like {GUEST_MAC}")
+    return text.lower()
+
+
+# --- the declaration --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flag:
+    """How one field is given on the command line; argparse's dest is the field's name."""
+
+    flag: str  # "--pps", "-k"
+    help: str | None = None
+    parse: Callable[[str], Any] | None = None  # argparse type: converts and validates
+    metavar: str | None = None  # None: the flag in capitals (argparse's own choice)
+    choices: tuple[str, ...] | None = None
+    action: str = "store"  # store | append | store_true | store_false (the flag turns it off)
+    check: Callable[[str, Any], None] | None = None  # check(flag, value) once parsed, if set
+    needs: str | None = None  # a boolean field that must be true when this option is set
+    before: str | None = None  # RunTarget only: listed before this RunOptions flag; None: last
+
+
+def option(default: Any, flag: str, **how: Any) -> Any:
+    """A dataclass field with `default` and its command-line form (`Flag` keywords)."""
+    return field(default=default, metadata={"flag": Flag(flag, **how)})
+
+
+def flag_of(f: Field[Any]) -> Flag | None:
+    """The command-line form of a dataclass field, or None for a field with no flag."""
+    found = f.metadata.get("flag")
+    return found if isinstance(found, Flag) else None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Knobs of a run that the cases read; defaults follow the seed plan."""
+
+    pps: float | None = option(
+        None, "--pps", parse=positive(float),
+        help=f"tester rate (default {PROBE_PPS:g} probes/s; {SEED_PPS:g}/s with --seed-traffic)",
+    )  # fmt: skip  # None: PROBE_PPS with probes, SEED_PPS without
+    probes: bool = option(
+        True, "--seed-traffic", action="store_false",
+        help="the seed's exact form: UDP frames, guest testpmd rxonly with verbose 1; no probes",
+    )  # fmt: skip
+    max_outage_ms: float | None = option(
+        None, "--max-outage-ms", parse=positive(float), metavar="MS", needs="probes",
+        help="fail a case whose measured outage is longer",
+    )  # fmt: skip
+    max_loss: int | None = option(
+        None, "--max-loss", parse=count, metavar="N", needs="probes",
+        help="fail a case that loses more probes",
+    )  # fmt: skip
+    round_trips: int | None = option(
+        None, "--round-trips", parse=count, metavar="N",
+        help="migrate there and back N times (ping-pong); each leg is measured",
+    )  # fmt: skip  # None: the case's own
+    downtime_limit_ms: int | None = option(
+        None, "--downtime-limit", parse=count, metavar="MS",
+        help="QEMU's downtime-limit for every migration",
+    )  # fmt: skip
+    max_bandwidth_mbps: float | None = option(
+        None, "--max-bandwidth", parse=positive(float), metavar="MBIT/S",
+        help="QEMU's max-bandwidth for every migration, in Mbit/s",
+    )  # fmt: skip
+    converge_timeout_s: float = option(
+        20.0, "--converge-timeout", parse=positive(float), metavar="S",
+        help="how long a non-converging migration runs before it is cancelled",
+    )  # fmt: skip
+    guest_memory: str = option(
+        "hugetlbfs", "--guest-memory", choices=("hugetlbfs", "memfd"),
+        help="guest RAM shared with vhost: a hugetlbfs file (the seed's) or memfd",
+    )  # fmt: skip
+    guest_smp: int | None = option(
+        None, "--guest-smp", parse=positive(int), metavar="N", help="guest vCPUs"
+    )  # None: the case's own (smp)
+    dst_mac: str = option(
+        GUEST_MAC, "--dst-mac", parse=mac,
+        help="destination MAC of the tester's frames (default: the guest's)",
+    )  # fmt: skip
+    guest_mem_mb: int = option(1024, "--guest-mem", parse=positive(int), metavar="MB")
+    migration_timeout_s: float = option(
+        120.0, "--migration-timeout", parse=positive(float), metavar="S",
+        help="fail a migration not completed S seconds after `migrate` (it is cancelled and "
+        "the guest stays on the source)",
+    )  # fmt: skip
+    migration_tls: bool = option(
+        False, "--migration-tls", action="store_true",
+        help="encrypt the migration stream (QEMU tls-creds-x509, certificates made for the run)",
+    )  # fmt: skip
+    backup_backend: bool = option(
+        True, "--no-backup-backend", action="store_false",
+        help="start no vhost testpmd on the backup (the case must fail)",
+    )  # fmt: skip
+    switch_learning: bool = option(
+        False, "--switch-learning", action="store_true",
+        help="make the lab switch learn MACs: the guest is reached on the backup only once "
+        "it is announced there (default: flood, like the seed's switch)",
+    )  # fmt: skip
+    cpu: str = option(
+        "", "--cpu", help="guest CPU model (default: host under KVM, Nehalem under TCG)"
+    )  # "" = host under KVM, TCG_CPU under TCG
+    # not on the command line
+    boot_timeout_s: float = 90.0
+    after_packets: int = 10
+    warmup_s: float = 1.0  # answered probes before migrating, in seconds of traffic
+    after_timeout_s: float = 30.0
+
+    @property
+    def rate(self) -> float:
+        """The tester's packets per second."""
+        return self.pps or (PROBE_PPS if self.probes else SEED_PPS)
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """What `vhostlm run` runs and where it writes: the options that are not the cases' knobs."""
+
+    plan: str = option(
+        "seed", "--plan", before="--pps",
+        help="seed (default), dts (DPDK's 8 cases), variants, or all",
+    )  # fmt: skip  # choices: the plan names, given to add_run_arguments
+    cases: tuple[str, ...] = option(
+        (), "--case", action="append", metavar="NAME", before="--pps",
+        help="run only this case (repeatable); see `vhostlm list`",
+    )  # fmt: skip
+    output: Path | None = option(
+        None, "--output", parse=path, check=check_output_dir, before="--pps",
+        help="run directory (default ./results/<time>/)",
+    )  # fmt: skip
+    junit: Path | None = option(
+        None, "--junit", parse=path, metavar="FILE", check=check_file_target,
+        before="--round-trips", help="also write JUnit XML here",
+    )  # fmt: skip
+    keyword: str | None = option(
+        None, "-k", metavar="EXPR", before="--round-trips",
+        help="only cases whose names match (words, and, or, not), as pytest -k",
+    )  # fmt: skip
+    testbed: Path | None = option(
+        None, "--testbed", parse=Path, metavar="FILE",
+        help="run on the servers of this testbed file (over SSH) instead of the embedded lab",
+    )  # fmt: skip
+
+
+# --- what is derived from it ------------------------------------------------------------
+def flags_of(cls: type[DataclassInstance]) -> list[tuple[Field[Any], Flag]]:
+    """The fields of `cls` that have a flag, in declaration order."""
+    return [(f, found) for f in fields(cls) if (found := flag_of(f)) is not None]
+
+
+def run_flags() -> list[tuple[Field[Any], Flag]]:
+    """Every option of `vhostlm run` in --help order: RunOptions' own, with each RunTarget
+    option placed before the flag it names (or last)."""
+    targets = flags_of(RunTarget)
+    ordered: list[tuple[Field[Any], Flag]] = []
+    for pair in flags_of(RunOptions):
+        ordered += [t for t in targets if t[1].before == pair[1].flag]
+        ordered.append(pair)
+    ordered += [t for t in targets if t[1].before is None]
+    if len(ordered) != len(targets) + len(flags_of(RunOptions)):
+        raise AssertionError("a RunTarget option is placed before a flag that does not exist")
+    return ordered
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, choices: Mapping[str, Sequence[str]] | None = None
+) -> None:
+    """Add every option of `vhostlm run` to `parser`; `choices` gives the allowed values
+    of fields declared elsewhere (the plan names, field name -> values)."""
+    extra = choices or {}
+    for f, how in run_flags():
+        kwargs: dict[str, Any] = {"dest": f.name, "action": how.action, "help": how.help}
+        default: Any = f.default
+        kwargs["default"] = list(default) if how.action == "append" else default
+        if how.action in ("store", "append"):
+            allowed = how.choices or extra.get(f.name)
+            if allowed is not None:
+                kwargs["choices"] = list(allowed)
+            else:
+                kwargs["metavar"] = how.metavar or how.flag.lstrip("-").upper().replace("-", "_")
+            if how.parse is not None:
+                kwargs["type"] = how.parse
+        parser.add_argument(how.flag, **kwargs)
+
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
+def from_namespace(cls: type[T], args: argparse.Namespace) -> T:
+    """`cls` (RunOptions or RunTarget) from parsed arguments: each field from its own dest."""
+    values = {f.name: getattr(args, f.name) for f, _ in flags_of(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def flag_for(name: str) -> str:
+    """The flag of the RunOptions or RunTarget field `name` (for messages)."""
+    for f, how in (*flags_of(RunOptions), *flags_of(RunTarget)):
+        if f.name == name:
+            return how.flag
+    raise KeyError(name)
+
+
+def validate(target: RunTarget, options: RunOptions) -> None:
+    """The checks argparse cannot make: options that need another (the probe limits need
+    probes), then each field's own `check` (--output, --junit writable); UsageError."""
+    for needed in dict.fromkeys(h.needs for _, h in flags_of(RunOptions) if h.needs):
+        users = [(f, h) for f, h in flags_of(RunOptions) if h.needs == needed]
+        given = any(getattr(options, f.name) is not None for f, _ in users)
+        if given and not getattr(options, needed):
+            names = " and ".join(h.flag for _, h in users)
+            raise UsageError(f"{names} need {needed}: drop {flag_for(needed)}")
+    for obj in (options, target):
+        for f, how in flags_of(type(obj)):
+            value = getattr(obj, f.name)
+            if how.check is not None and value is not None:
+                how.check(how.flag, value)
