@@ -343,3 +343,45 @@ def test_write_html_and_report_files(tmp_path: Path, run: RunResult) -> None:
     assert len(Page(text).all("canvas")) == 2
     write_html(run, path)
     assert sorted(p.name for p in path.parent.iterdir()) == [REPORT_NAME]  # no temp file left
+
+
+def test_every_text_is_escaped_by_the_templates() -> None:
+    case = failing_case(HOSTILE)
+    case.steps[0].name = HOSTILE
+    case.steps[1].detail = f"{HOSTILE} & <b>bold</b>"
+    run = synthetic_run([case])
+    run.command = ["vhostlm", "run", HOSTILE]
+    run.versions = {"qemu": HOSTILE}
+    run.host = {"hostname": '"><img src=x onerror=alert(1)>'}
+    text = render_html(run)
+    assert HOSTILE not in text and "<b>bold</b>" not in text and "<img" not in text
+    page = Page(text)
+    assert len(page.scripts) == 3 and page.all("img") == [] and page.all("b") == []
+    assert page.plain.count(HOSTILE) >= 6  # heading, table, reason, step, command, version
+    (canvas,) = page.all("canvas")
+    assert canvas["aria-label"] == f"{HOSTILE}: replies per millisecond"
+
+
+def test_css_and_js_are_inlined_from_the_package_files() -> None:
+    from importlib import resources
+
+    static = resources.files("vhostlm.report").joinpath("static")
+    text = render_html(synthetic_run([skipped_case()]))
+    for name in ("errors.js", "report.css", "report.js"):
+        body = static.joinpath(name).read_text(encoding="utf-8")
+        assert len(body.splitlines()) > 15, name
+        assert body in text, name  # verbatim: not escaped
+    page = Page(text)
+    assert (
+        [body for attrs, body in page.scripts if "type" not in attrs][1].strip().endswith("})();")
+    )
+    assert "canvas.timeline" in text and "data-report-ready" in text
+    templates = resources.files("vhostlm.report").joinpath("templates")
+    assert templates.joinpath("report.html.j2").is_file()
+
+
+def test_empty_run_renders_a_page() -> None:
+    page = Page(render_html(synthetic_run([])))
+    assert "no cases ran" in page.plain
+    assert page.with_class("case") == [] and page.data["cases"] == []
+    assert "1 pass" not in page.plain and "0 pass" in page.plain

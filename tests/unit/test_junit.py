@@ -15,7 +15,8 @@ from tests.unit.test_html import (
     skipped_case,
     synthetic_run,
 )
-from vhostlm.report.junit import figure_rows, render_junit, write_junit
+from vhostlm.report.figures import duration_text, figure_rows, mib, seconds_text, when_text
+from vhostlm.report.junit import render_junit, write_junit
 from vhostlm.report.results import MigrationFigures, RunResult, StepResult
 
 
@@ -176,3 +177,16 @@ def test_zero_is_a_figure_when_qemu_answered() -> None:
     case.measure["qemu"]["mbps"] = 99.0
     rows = {f"{r.group}.{r.key}": r for r in figure_rows(case)}
     assert rows["migration.mbps"].raw == "0"
+
+
+def test_figure_strings_shared_by_the_reports() -> None:
+    assert seconds_text(5.46) == "5.5 s" and seconds_text(0) == "0.0 s"
+    assert duration_text(119.94) == "119.9 s"
+    assert duration_text(4000.5) == "66 min 40 s"
+    assert mib(100 * 1024 * 1024) == 100.0
+    assert when_text("2025-11-26T10:00:20+01:00") == "2025-11-26 10:00:20 +01:00"
+    assert when_text("2025-11-26T10:00:20") == "2025-11-26 10:00:20"
+    assert when_text("not a time") == "not a time"
+    rows = {f"{r.group}.{r.key}": r for r in figure_rows(failing_case())}
+    assert rows["migration.ram_transferred_mib"].text == "100 MiB"
+    assert rows["measure.outage_window"].text == "4.998 – 5.046 s"

@@ -1,1 +1,4 @@
-"""vhostlm.report package."""
+"""vhostlm.report: the results model (results.py), its figures and the report writers.
+
+Code outside vhostlm should import from `vhostlm.api`, the stable surface.
+"""

@@ -1,219 +1,21 @@
 """JUnit XML for CI (Jenkins, GitLab): one testcase per case, steps and figures in system-out.
 
-Also holds what the HTML report shares with it: the key figures of a case and atomic writes.
+The figures and their strings come from `vhostlm.report.figures`, as in the HTML report.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+from vhostlm.report.figures import figure_rows, seconds_text
 from vhostlm.report.results import CaseResult, RunResult, StepResult, write_text_atomic
 
 # Characters XML 1.0 cannot carry at all (program output may contain ESC, NUL, ...).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _MESSAGE_MAX = 500
-
-
-@dataclass(frozen=True)
-class FigureRow:
-    """One figure: group, machine key, human label, value (None = not measured), unit."""
-
-    group: str
-    key: str
-    label: str
-    value: float | int | str | None
-    unit: str = ""
-
-    @property
-    def text(self) -> str:
-        """The value for people: numbers trimmed, unit appended, "—" when not measured."""
-        if self.value is None:
-            return "—"
-        if isinstance(self.value, str):
-            return self.value
-        return f"{format_number(self.value)} {self.unit}".rstrip()
-
-    @property
-    def raw(self) -> str:
-        """The value for machines: a plain number or text, "-" when not measured."""
-        if self.value is None:
-            return "-"
-        return self.value if isinstance(self.value, str) else format_number(self.value)
-
-
-def number(value: Any) -> float | int | None:
-    """`value` if it is a finite int or float (not a bool), else None: measure keys may be null."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def format_number(value: float | int) -> str:
-    """An int as is; a float with at most three decimals, trailing zeros dropped."""
-    if isinstance(value, int):
-        return str(value)
-    text = f"{value:.3f}".rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
-
-
-def case_measure(case: CaseResult) -> dict[str, Any]:
-    """The case's probe figures (`CaseResult.measure`); {} when absent or not an object."""
-    return case.measure if isinstance(case.measure, dict) else {}
-
-
-def sub_object(mapping: dict[str, Any], key: str) -> dict[str, Any]:
-    """`mapping[key]` when it is an object, else {} (keys may be missing or null)."""
-    inner = mapping.get(key)
-    return inner if isinstance(inner, dict) else {}
-
-
-def figure_rows(case: CaseResult) -> list[FigureRow]:
-    """Key figures of a case in groups: migration (QEMU), measure (probes), traffic (seed)."""
-    measure = case_measure(case)
-    rows = _migration_rows(case, sub_object(measure, "qemu"))
-    if measure:
-        rows += _measure_rows(measure, rows[3].value)
-    t = case.traffic
-    rows += [
-        FigureRow("traffic", "sent", "sent by the tester", t.sent),
-        FigureRow("traffic", "received_before", "received before migration", t.received_before),
-        FigureRow("traffic", "received_during", "received during migration", t.received_during),
-        FigureRow("traffic", "received_after", "received after migration", t.received_after),
-    ]
-    return rows
-
-
-def _migration_rows(case: CaseResult, qemu: dict[str, Any]) -> list[FigureRow]:
-    """QEMU's query-migrate figures; without a status in the case, those of measure.qemu."""
-    m = case.migration
-
-    def pick(key: str, own: float | int) -> float | int | None:
-        return own if own or m.status else number(qemu.get(key))
-
-    ram = pick("ram_transferred_bytes", m.ram_transferred_bytes)
-    return [
-        FigureRow("migration", "status", "status", m.status or None),
-        FigureRow(
-            "migration", "total_time_ms", "total time", pick("total_time_ms", m.total_time_ms), "ms"
-        ),
-        FigureRow(
-            "migration", "setup_time_ms", "setup time", pick("setup_time_ms", m.setup_time_ms), "ms"
-        ),
-        FigureRow(
-            "migration", "downtime_ms", "downtime (QEMU)", pick("downtime_ms", m.downtime_ms), "ms"
-        ),
-        FigureRow(
-            "migration",
-            "expected_downtime_ms",
-            "expected downtime",
-            pick("expected_downtime_ms", m.expected_downtime_ms),
-            "ms",
-        ),
-        FigureRow(
-            "migration",
-            "ram_transferred_mib",
-            "RAM transferred",
-            None if ram is None else ram / (1024 * 1024),
-            "MiB",
-        ),
-        FigureRow("migration", "mbps", "throughput", pick("mbps", m.mbps), "Mbit/s"),
-        FigureRow(
-            "migration",
-            "dirty_sync_count",
-            "dirty-sync rounds",
-            pick("dirty_sync_count", m.dirty_sync_count),
-        ),
-    ]
-
-
-def _measure_rows(measure: dict[str, Any], downtime: Any) -> list[FigureRow]:
-    """The probe stream's figures; the outage window relative to the first probe when known."""
-    sent, lost, outage = (number(measure.get(k)) for k in ("sent", "lost", "outage_ms"))
-    downtime = number(downtime)
-    announce = sub_object(measure, "announce")
-    seen = announce.get("seen")
-    kind = announce.get("kind")
-    rows = [
-        FigureRow("measure", "pps", "probe rate", number(measure.get("pps")), "pps"),
-        FigureRow(
-            "measure", "resolution_ms", "resolution", number(measure.get("resolution_ms")), "ms"
-        ),
-        FigureRow("measure", "sent", "probes sent", sent),
-        FigureRow("measure", "replies", "replies", number(measure.get("replies"))),
-        FigureRow("measure", "lost", "lost", lost),
-        FigureRow(
-            "measure",
-            "loss_pct",
-            "loss",
-            100.0 * lost / sent if sent and lost is not None else None,
-            "%",
-        ),
-        FigureRow("measure", "duplicates", "duplicates", number(measure.get("duplicates"))),
-        FigureRow("measure", "reordered", "reordered", number(measure.get("reordered"))),
-        FigureRow("measure", "outage_ms", "outage (largest reply gap)", outage, "ms"),
-        FigureRow("measure", "outage_window", "outage window", _outage_window(measure)),
-        FigureRow(
-            "measure",
-            "stop_to_resume_ms",
-            "source STOP → backup RESUME",
-            number(measure.get("stop_to_resume_ms")),
-            "ms",
-        ),
-        FigureRow(
-            "measure",
-            "outage_over_downtime",
-            "outage ÷ QEMU downtime",
-            round(outage / downtime, 2) if outage is not None and downtime else None,
-            "×",
-        ),
-        FigureRow(
-            "measure",
-            "announce_seen",
-            "announce seen",
-            None if not isinstance(seen, bool) else ("yes" if seen else "no"),
-        ),
-        FigureRow(
-            "measure",
-            "announce_kind",
-            "announce kind",
-            kind if isinstance(kind, str) and kind else None,
-        ),
-        FigureRow(
-            "measure",
-            "announce_after_resume_ms",
-            "announce after RESUME",
-            number(announce.get("after_resume_ms")),
-            "ms",
-        ),
-    ]
-    return rows
-
-
-def _outage_window(measure: dict[str, Any]) -> str | None:
-    """The outage as "14.401 – 14.449 s" after the first probe; UTC clock times without a t0."""
-    start, end = number(measure.get("outage_start")), number(measure.get("outage_end"))
-    if start is None or end is None:
-        return None
-    t0 = number(sub_object(measure, "timeline").get("t0"))
-    if t0 is not None:
-        return f"{start - t0:.3f} – {end - t0:.3f} s"
-    try:
-        a, b = (datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S.%f")[:-3] for t in (start, end))
-    except (OverflowError, OSError, ValueError):
-        return None
-    return f"{a} – {b} UTC"
-
-
-# --- JUnit XML ----------------------------------------------------------------------------
 
 
 def render_junit(result: RunResult) -> str:
@@ -290,7 +92,7 @@ def _testcase(suite: ET.Element, case: CaseResult, plan: str) -> None:
 
 
 def _system_out(case: CaseResult) -> str:
-    lines = [f"case {case.name}: {case.verdict.upper()} in {case.duration_s:.1f} s"]
+    lines = [f"case {case.name}: {case.verdict.upper()} in {seconds_text(case.duration_s)}"]
     if case.reason:
         lines.append(f"reason: {case.reason}")
     lines.append("steps:")
@@ -312,7 +114,7 @@ def _step_reason(step: StepResult) -> str:
 
 
 def _step_block(step: StepResult) -> str:
-    head = f"step {step.name}: {step.verdict.upper()} after {step.duration_s:.1f} s"
+    head = f"step {step.name}: {step.verdict.upper()} after {seconds_text(step.duration_s)}"
     return "\n".join([head, *_indent(step.detail.splitlines(), 2)])
 
 

@@ -1,7 +1,8 @@
 """The results model of a run and its results.json form.
 
-Typed dataclasses for runs, cases and steps; JSON written atomically and read back with a
-hand-written schema check so a bad file gives one clear line instead of a traceback.
+Pydantic dataclasses for runs, cases and steps: mutable like plain dataclasses, validated when
+built and when a results.json is read (one line naming the bad field), and the source of the
+published JSON Schema (`results_schema()`, `results.schema.json` in the package).
 """
 
 from __future__ import annotations
@@ -9,19 +10,75 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+import sys
+from collections.abc import Mapping
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from vhostlm.errors import UsageError
 
 Verdict = Literal["pass", "fail", "error", "skip"]
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 ACCELS = ("kvm", "tcg", "")  # "" = not probed yet (the run stopped before the KVM probe)
+SCHEMA_NAME = "results.schema.json"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-Figure = float | int | str
+# Every key is always written (serialisation schema: all required); a file may leave out
+# the keys older versions did not write, and a class's _FILE_KEYS say which it may not.
+_CONFIG = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+def _iso_with_offset(text: str) -> str:
+    """`RunResult.started` must be ISO 8601 with a UTC offset, as `now_iso` writes it."""
+    try:
+        aware = datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        aware = False
+    if not aware:
+        raise PydanticCustomError("iso_datetime", "Input should be ISO 8601 with a UTC offset")
+    return text
+
+
+def _known_accel(text: str) -> str:
+    """`RunResult.accel` is kvm, tcg or "" (kept a str: the runner assigns a probe's str)."""
+    if text not in ACCELS:
+        raise PydanticCustomError("accel", "Input should be 'kvm', 'tcg' or '' for not probed")
+    return text
+
+
+def _one_figure_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """One error for a bad figure instead of one per member of the union."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError("figure", "Input should be a number or a string") from None
+
+
+Started = Annotated[
+    str,
+    AfterValidator(_iso_with_offset),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+Accel = Annotated[
+    str, AfterValidator(_known_accel), WithJsonSchema({"type": "string", "enum": list(ACCELS)})
+]
+Figure = Annotated[float | int | str, WrapValidator(_one_figure_error)]
 
 
 def now_iso() -> str:
@@ -29,22 +86,51 @@ def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-@dataclass
-class StepResult:
+@dataclass(config=_CONFIG)
+class _Record:
+    """Base of the records: the keys a results.json object must have (`_FILE_KEYS`)."""
+
+    _FILE_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_keys_present(cls, data: Any) -> Any:
+        """Only objects read from a file are dicts here (constructors pass their arguments)."""
+        if isinstance(data, dict):
+            missing = next((key for key in cls._FILE_KEYS if key not in data), None)
+            if missing is not None:
+                raise PydanticCustomError("missing_key", "Field required", {"key": missing})
+        return data
+
+
+@dataclass(config=_CONFIG)
+class StepResult(_Record):
     """One named step of a case (e.g. a step of the seed plan) with its own verdict."""
+
+    _FILE_KEYS: ClassVar[tuple[str, ...]] = ("name", "verdict", "detail")
 
     name: str
     verdict: Verdict
     detail: str = ""
     duration_s: float = 0.0
-    figures: dict[str, Figure] = field(default_factory=dict)
+    figures: dict[str, Figure] = Field(
+        default_factory=dict, description="the step's own numbers, e.g. boot_s"
+    )
 
 
-@dataclass
-class MigrationFigures:
+@dataclass(config=_CONFIG)
+class MigrationFigures(_Record):
     """QEMU's own numbers for one migration, from QMP `query-migrate`."""
 
-    status: str = ""
+    _FILE_KEYS: ClassVar[tuple[str, ...]] = (
+        "status",
+        "total_time_ms",
+        "downtime_ms",
+        "setup_time_ms",
+        "ram_transferred_bytes",
+    )
+
+    status: str = Field(default="", description='QEMU\'s status, e.g. "completed"; "" = none')
     total_time_ms: int = 0
     downtime_ms: int = 0
     setup_time_ms: int = 0
@@ -78,9 +164,16 @@ class MigrationFigures:
         )
 
 
-@dataclass
-class TrafficFigures:
+@dataclass(config=_CONFIG)
+class TrafficFigures(_Record):
     """Tester packets sent and guest packets received before, during and after migration."""
+
+    _FILE_KEYS: ClassVar[tuple[str, ...]] = (
+        "sent",
+        "received_before",
+        "received_during",
+        "received_after",
+    )
 
     sent: int = 0
     received_before: int = 0
@@ -88,20 +181,34 @@ class TrafficFigures:
     received_after: int = 0
 
 
-@dataclass
-class CaseResult:
+@dataclass(config=_CONFIG)
+class CaseResult(_Record):
     """One test case of the plan: its steps, verdict and figures."""
+
+    _FILE_KEYS: ClassVar[tuple[str, ...]] = (
+        "name",
+        "verdict",
+        "reason",
+        "duration_s",
+        "steps",
+        "migration",
+        "traffic",
+    )
 
     name: str
     verdict: Verdict = "pass"
-    reason: str = ""
+    reason: str = Field(default="", description="why the case did not pass; may be multi-line")
     duration_s: float = 0.0
-    steps: list[StepResult] = field(default_factory=list)
-    migration: MigrationFigures = field(default_factory=MigrationFigures)
-    traffic: TrafficFigures = field(default_factory=TrafficFigures)
-    phases: dict[str, float] = field(default_factory=dict)
-    measure: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
+    steps: list[StepResult] = Field(default_factory=list)
+    migration: MigrationFigures = Field(
+        default_factory=MigrationFigures, description="the case's first migration"
+    )
+    traffic: TrafficFigures = Field(default_factory=TrafficFigures)
+    phases: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
+    measure: dict[str, Any] = Field(
+        default_factory=dict, description="probe-stream figures (outage, loss, timeline)"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="the options it ran with")
 
     def finish(self) -> None:
         """Derive the verdict from the steps unless one was set explicitly (not "pass").
@@ -129,21 +236,23 @@ class CaseResult:
         return self.verdict not in bad and all(s.verdict not in bad for s in self.steps)
 
 
-@dataclass
-class RunResult:
+@dataclass(config=_CONFIG)
+class RunResult(_Record):
     """A whole run: environment, versions and every case; serialised as results.json."""
 
-    started: str
+    _FILE_KEYS: ClassVar[tuple[str, ...]] = ("started", "duration_s", "accel", "testbed", "cases")
+
+    started: Started = Field(description="ISO 8601 with a UTC offset")
     duration_s: float = 0.0
-    accel: str = ""
-    testbed: str = "lab"
-    cases: list[CaseResult] = field(default_factory=list)
-    versions: dict[str, str] = field(default_factory=dict)
-    host: dict[str, str] = field(default_factory=dict)
-    command: list[str] = field(default_factory=list)
+    accel: Accel = Field(default="", description='"" when the run stopped before the probe')
+    testbed: str = Field(default="lab", description='"lab" or "ssh:<testbed file>"')
+    cases: list[CaseResult] = Field(default_factory=list)
+    versions: dict[str, str] = Field(default_factory=dict)
+    host: dict[str, str] = Field(default_factory=dict)
+    command: list[str] = Field(default_factory=list, description="argv of the run")
     output_dir: str = ""
     run_id: str = ""
-    phases: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
 
     @property
     def exit_code(self) -> int:
@@ -151,19 +260,20 @@ class RunResult:
         return 0 if all(case.ok for case in self.cases) else 1
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form (plain dicts and lists)."""
-        return asdict(self)
+        """The JSON-ready form (plain dicts and lists), as results.json holds it."""
+        data: dict[str, Any] = _RUN.dump_python(self, warnings=False)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> RunResult:
-        """Inverse of `to_dict`; raises ValueError naming the first schema problem."""
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-        problems = validate_results(data)
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise ValueError(problems[0] + more)
-        return _run_from_dict(data)
+        """Inverse of `to_dict`; raises ValueError naming the first problem (field: what)."""
+        try:
+            return _RUN.validate_json(json.dumps(data), strict=True)
+        except ValidationError as e:
+            raise ValueError(_describe(e.errors(include_url=False)[0])) from None
+
+
+_RUN = TypeAdapter(RunResult)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -185,8 +295,9 @@ def write_results(result: RunResult, path: Path) -> None:
     write_text_atomic(path, json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
-def load_results(path: Path) -> RunResult:
-    """Read a results.json; raises UsageError (one line naming the file) if it is unusable."""
+def load_results(path: Path | str) -> RunResult:
+    """Read and validate a results.json; raises UsageError (one line: file, field, what)."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -194,215 +305,79 @@ def load_results(path: Path) -> RunResult:
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: results file is not UTF-8 text") from e
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}") from e
+        return _RUN.validate_json(text, strict=True)
+    except ValidationError as e:
+        raise UsageError(f"{path}: {_describe(e.errors(include_url=False)[0])}") from None
+
+
+def validate_results(data: Any) -> list[str]:
+    """Problems of a parsed results.json ("field.path: what is wrong"); [] if it fits."""
     try:
-        return RunResult.from_dict(data)
-    except ValueError as e:
-        raise UsageError(f"{path}: {e}") from e
+        _RUN.validate_json(json.dumps(data), strict=True)
+    except ValidationError as e:
+        return [_describe(err) for err in e.errors(include_url=False)]
+    return []
 
 
-# --- schema check -------------------------------------------------------------------------
-
-_Kind = tuple[str, Callable[[Any], bool]]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def results_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of results.json as vhostlm writes it, from the model."""
+    schema = _RUN.json_schema(mode="serialization")
+    return {"$schema": JSON_SCHEMA_DIALECT, **schema}
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+def schema_text() -> str:
+    """`results_schema()` as the text of results.schema.json (indent 2, final newline)."""
+    return json.dumps(results_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
-_STR: _Kind = ("a string", lambda v: isinstance(v, str))
-_INT: _Kind = ("an integer", _is_int)
-_NUM: _Kind = ("a number", _is_number)
-_LIST: _Kind = ("a list", lambda v: isinstance(v, list))
-_OBJ: _Kind = ("an object", lambda v: isinstance(v, dict))
-_STR_MAP: _Kind = (
-    "an object of strings",
-    lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-)
-_NUM_MAP: _Kind = (
-    "an object of numbers",
-    lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
-)
-_FIGURE_MAP: _Kind = (
-    "an object of numbers or strings",
-    lambda v: isinstance(v, dict) and all(_is_number(x) or isinstance(x, str) for x in v.values()),
-)
-_STR_LIST: _Kind = (
-    "a list of strings",
-    lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-)
-
-_RUN_REQUIRED = {
-    "started": _STR,
-    "duration_s": _NUM,
-    "accel": _STR,
-    "testbed": _STR,
-    "cases": _LIST,
-}
-_RUN_OPTIONAL = {
-    "versions": _STR_MAP,
-    "host": _STR_MAP,
-    "command": _STR_LIST,
-    "output_dir": _STR,
-    "run_id": _STR,
-    "phases": _NUM_MAP,
-}
-_CASE_REQUIRED = {
-    "name": _STR,
-    "verdict": _STR,
-    "reason": _STR,
-    "duration_s": _NUM,
-    "steps": _LIST,
-    "migration": _OBJ,
-    "traffic": _OBJ,
-}
-_CASE_OPTIONAL = {"phases": _NUM_MAP, "measure": _OBJ, "options": _OBJ}
-_STEP_REQUIRED = {"name": _STR, "verdict": _STR, "detail": _STR}
-_STEP_OPTIONAL = {"duration_s": _NUM, "figures": _FIGURE_MAP}
-_MIGRATION_REQUIRED = {
-    "status": _STR,
-    "total_time_ms": _INT,
-    "downtime_ms": _INT,
-    "setup_time_ms": _INT,
-    "ram_transferred_bytes": _INT,
-}
-_MIGRATION_OPTIONAL = {"expected_downtime_ms": _INT, "mbps": _NUM, "dirty_sync_count": _INT}
-_TRAFFIC_REQUIRED = {
-    "sent": _INT,
-    "received_before": _INT,
-    "received_during": _INT,
-    "received_after": _INT,
-}
+def packaged_schema() -> str:
+    """The results.schema.json shipped in the package (a unit test keeps it up to date)."""
+    return resources.files("vhostlm.report").joinpath(SCHEMA_NAME).read_text(encoding="utf-8")
 
 
-def validate_results(data: dict[str, Any]) -> list[str]:
-    """Problems of a results.json document (missing key, wrong type, bad verdict); [] if fine."""
-    problems: list[str] = []
-    if not _check(data, "", _RUN_REQUIRED, _RUN_OPTIONAL, problems):
-        return problems
-    if _STR[1](data.get("started")) and not _is_iso_with_tz(data["started"]):
-        problems.append(f"started: {data['started']!r} is not ISO 8601 with a timezone")
-    if _STR[1](data.get("accel")) and data["accel"] not in ACCELS:
-        problems.append(f"accel: {data['accel']!r} is not one of kvm, tcg")
-    for i, case in enumerate(data["cases"] if isinstance(data.get("cases"), list) else []):
-        where = f"cases[{i}]"
-        if not _check(case, where, _CASE_REQUIRED, _CASE_OPTIONAL, problems):
-            continue
-        _check_verdict(case, where, problems)
-        for j, step in enumerate(case["steps"] if isinstance(case.get("steps"), list) else []):
-            if _check(step, f"{where}.steps[{j}]", _STEP_REQUIRED, _STEP_OPTIONAL, problems):
-                _check_verdict(step, f"{where}.steps[{j}]", problems)
-        for key, req, opt in (
-            ("migration", _MIGRATION_REQUIRED, _MIGRATION_OPTIONAL),
-            ("traffic", _TRAFFIC_REQUIRED, {}),
-        ):
-            if isinstance(case.get(key), dict):
-                _check(case[key], f"{where}.{key}", req, opt, problems)
-    return problems
+def _describe(err: ErrorDetails) -> str:
+    """One validation error as "cases.0.steps.1.verdict: Input should be ... (got 'ok')"."""
+    loc = list(err["loc"])
+    kind, value = err["type"], err.get("input")
+    if kind == "json_invalid":
+        return f"not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}"
+    if kind == "dataclass_type" and not loc:
+        return f"expected a JSON object, got {_json_type(value)}"
+    if kind == "missing_key":
+        loc.append(err.get("ctx", {})["key"])
+    if kind in ("missing", "missing_key"):
+        message = "missing"
+    elif isinstance(value, dict | list):
+        message = f"{err['msg']} (got {_json_type(value)})"
+    else:
+        message = f"{err['msg']} (got {json.dumps(value, ensure_ascii=False):.60})"
+    return f"{'.'.join(str(part) for part in loc) or '(top level)'}: {message}"
 
 
-def _check(
-    obj: Any,
-    where: str,
-    required: dict[str, _Kind],
-    optional: dict[str, _Kind],
-    problems: list[str],
-) -> bool:
-    """Append problems of one object's keys; False if `obj` is not an object at all."""
-    if not isinstance(obj, dict):
-        problems.append(f"{where or 'document'}: expected an object, got {type(obj).__name__}")
-        return False
-    prefix = f"{where}." if where else ""
-    for key, (what, ok) in required.items():
-        if key not in obj:
-            problems.append(f"{prefix}{key}: missing")
-        elif not ok(obj[key]):
-            problems.append(f"{prefix}{key}: expected {what}, got {obj[key]!r:.60}")
-    for key, (what, ok) in optional.items():
-        if key in obj and not ok(obj[key]):
-            problems.append(f"{prefix}{key}: expected {what}, got {obj[key]!r:.60}")
-    return True
-
-
-def _check_verdict(obj: dict[str, Any], where: str, problems: list[str]) -> None:
-    verdict = obj.get("verdict")
-    if isinstance(verdict, str) and verdict not in VERDICTS:
-        problems.append(f"{where}.verdict: {verdict!r} is not one of {', '.join(VERDICTS)}")
-
-
-def _is_iso_with_tz(text: str) -> bool:
-    try:
-        return datetime.fromisoformat(text).tzinfo is not None
-    except ValueError:
-        return False
-
-
-# --- construction from validated data -----------------------------------------------------
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return "null" if value is None else type(value).__name__
 
 
 def _as_int(v: Any) -> int:
-    if _is_int(v):
-        return int(v)
+    """A QMP figure as int: floats truncated, anything else (missing, bool, text) is 0."""
+    if isinstance(v, bool):
+        return 0
+    if isinstance(v, int):
+        return v
     if isinstance(v, float) and math.isfinite(v):
         return int(v)
     return 0
 
 
 def _as_float(v: Any) -> float:
-    return float(v) if _is_number(v) else 0.0
+    """A QMP figure as float; anything not a number (or a bool) is 0.0."""
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0
 
 
-def _run_from_dict(d: dict[str, Any]) -> RunResult:
-    return RunResult(
-        started=d["started"],
-        duration_s=float(d["duration_s"]),
-        accel=d["accel"],
-        testbed=d["testbed"],
-        cases=[_case_from_dict(c) for c in d["cases"]],
-        versions=dict(d.get("versions", {})),
-        host=dict(d.get("host", {})),
-        command=list(d.get("command", [])),
-        output_dir=d.get("output_dir", ""),
-        run_id=d.get("run_id", ""),
-        phases=dict(d.get("phases", {})),
-    )
-
-
-def _case_from_dict(d: dict[str, Any]) -> CaseResult:
-    m, t = d["migration"], d["traffic"]
-    return CaseResult(
-        name=d["name"],
-        verdict=d["verdict"],
-        reason=d["reason"],
-        duration_s=float(d["duration_s"]),
-        steps=[
-            StepResult(
-                name=s["name"],
-                verdict=s["verdict"],
-                detail=s["detail"],
-                duration_s=float(s.get("duration_s", 0.0)),
-                figures=dict(s.get("figures", {})),
-            )
-            for s in d["steps"]
-        ],
-        migration=MigrationFigures(
-            status=m["status"],
-            total_time_ms=m["total_time_ms"],
-            downtime_ms=m["downtime_ms"],
-            setup_time_ms=m["setup_time_ms"],
-            ram_transferred_bytes=m["ram_transferred_bytes"],
-            expected_downtime_ms=m.get("expected_downtime_ms", 0),
-            mbps=float(m.get("mbps", 0.0)),
-            dirty_sync_count=m.get("dirty_sync_count", 0),
-        ),
-        traffic=TrafficFigures(**{k: t[k] for k in _TRAFFIC_REQUIRED}),
-        phases={k: float(v) for k, v in d.get("phases", {}).items()},
-        measure=dict(d.get("measure", {})),
-        options=dict(d.get("options", {})),
-    )
+if __name__ == "__main__":  # python -m vhostlm.report.results > results.schema.json
+    sys.stdout.write(schema_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from vhostlm.report.figures import mib, seconds_text
 from vhostlm.report.results import VERDICTS, CaseResult, RunResult
 
 _HEADERS = ("case", "step", "verdict", "detail")
@@ -47,12 +48,12 @@ def render_summary(result: RunResult, color: bool = False) -> str:
 def _case_lines(case: CaseResult, color: bool) -> list[str]:
     """The figures line of one case, and its reason when it did not pass."""
     m, t = case.migration, case.traffic
-    ram_mib = m.ram_transferred_bytes / (1024 * 1024)
     verdict = case.verdict.upper()
     lines = [
         f"{case.name}: {_paint(case.verdict, verdict) if color else verdict} in "
-        f"{case.duration_s:.1f} s; migration {m.status or '-'}, total {m.total_time_ms} ms, "
-        f"downtime {m.downtime_ms} ms, RAM {ram_mib:.1f} MiB; traffic sent {t.sent}, "
+        f"{seconds_text(case.duration_s)}; migration {m.status or '-'}, total "
+        f"{m.total_time_ms} ms, downtime {m.downtime_ms} ms, "
+        f"RAM {mib(m.ram_transferred_bytes):.1f} MiB; traffic sent {t.sent}, "
         f"before {t.received_before}, during {t.received_during}, after {t.received_after}"
     ]
     if case.reason and case.verdict != "pass":
@@ -68,7 +69,7 @@ def _result_line(result: RunResult, color: bool) -> str:
     n = len(result.cases)
     tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
     noun = "case" if n == 1 else "cases"
-    return f"result: {overall} ({n} {noun}: {tally}) in {result.duration_s:.1f} s"
+    return f"result: {overall} ({n} {noun}: {tally}) in {seconds_text(result.duration_s)}"
 
 
 def _paint(verdict: str, text: str) -> str:
