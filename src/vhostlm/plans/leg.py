@@ -24,6 +24,7 @@ from vhostlm.plans.kinds import SOURCE_KEEPS_RECEIVING
 from vhostlm.plans.spec import CaseSpec
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, event_time
+from vhostlm.report.figures import mib
 from vhostlm.report.results import CaseResult, MigrationFigures, StepResult
 from vhostlm.wait import Deadline
 
@@ -55,7 +56,7 @@ def figures_line(fig: MigrationFigures) -> str:
     """The figures a person reads first."""
     return (
         f"total {fig.total_time_ms} ms, downtime {fig.downtime_ms} ms, "
-        f"{fig.ram_transferred_bytes / 2**20:.0f} MiB sent, "
+        f"{mib(fig.ram_transferred_bytes):.0f} MiB sent, "
         f"{fig.dirty_sync_count} dirty-sync rounds"
     )
 
