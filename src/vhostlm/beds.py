@@ -86,7 +86,8 @@ class LabSetup(BedSetup):
     label = "lab"
     phase = "lab"
 
-    def __init__(self) -> None:
+    def __init__(self, qemu: str = QEMU_BINARY) -> None:
+        self.qemu = qemu
         self.lab: Lab | None = None
 
     def check(self, budget: Budget) -> None:
@@ -99,17 +100,17 @@ class LabSetup(BedSetup):
 
     def up(self, rundir: RunDir, image: GuestImage, budget: Budget, learning: bool) -> Topology:
         """Namespaces, links, the hugetlbfs mount; the cached image used in place."""
-        self.lab = Lab(rundir).up(budget.lab_pages(), learning=learning)
+        self.lab = Lab(rundir, qemu=self.qemu).up(budget.lab_pages(), learning=learning)
         self.lab.image = (str(image.kernel), str(image.initrd))
         return self.lab
 
     def facts(self) -> tuple[str, dict[str, Any]]:
         """This machine's QEMU; the host facts are this machine's (recorded already)."""
-        return local_qemu_version(), {}
+        return local_qemu_version(self.qemu), {"qemu_binary": self.qemu}
 
     def accel(self, image: GuestImage, rundir: RunDir, cache: Path) -> str:
         """KVM when a guest really boots under it here (cached), else TCG."""
-        return probe_accel(image, rundir, cache)
+        return probe_accel(image, rundir, cache, binary=self.qemu)
 
     def down(self) -> list[str]:
         """The lab goes with the run's runtime directory (teardown_runtime)."""
@@ -168,11 +169,21 @@ class SshSetup(BedSetup):
         return self.remote.down() if self.remote is not None else []
 
 
-def bed_setup(testbed: Path | None) -> BedSetup:
-    """The lab when no testbed file is given, else the file's servers (read and checked)."""
+def bed_setup(testbed: Path | None, qemu: str | None = None) -> BedSetup:
+    """The lab when no testbed file is given, else the file's servers (read and checked);
+    `qemu` (--qemu): the QEMU binary host and backup run instead of their default."""
     if testbed is None:
-        return LabSetup()
-    return SshSetup(load_testbed(testbed), testbed)
+        return LabSetup(qemu or QEMU_BINARY)
+    spec = load_testbed(testbed)
+    if qemu is not None:
+        nodes = spec.nodes.model_copy(
+            update={
+                role: getattr(spec.nodes, role).model_copy(update={"qemu": qemu})
+                for role in ("host", "backup")
+            }
+        )
+        spec = spec.model_copy(update={"nodes": nodes})
+    return SshSetup(spec, testbed)
 
 
 def this_machine() -> dict[str, str]:

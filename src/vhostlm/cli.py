@@ -39,6 +39,7 @@ def build_parser() -> Parser:
         "doctor", help="check that a testbed (or this machine) can run the plan"
     )
     doctor.add_argument("--testbed", type=Path, metavar="FILE", help="the testbed file to check")
+    doctor.add_argument("--qemu", metavar="PATH", help="check this QEMU binary instead")
 
     sub.add_parser("list", help="list the cases")
 
@@ -170,19 +171,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import tempfile
 
     from vhostlm.doctor import check_local, check_testbed
+    from vhostlm.options import check_qemu
     from vhostlm.rundir import RunDir
     from vhostlm.runner import budget
     from vhostlm.testbed.cleanup import teardown_runtime
     from vhostlm.testbed.model import load_testbed
 
+    if args.qemu is not None:
+        check_qemu("--qemu", args.qemu)
     if args.testbed is None:
-        doc = check_local()
+        doc = check_local(args.qemu) if args.qemu else check_local()
     else:
         load_testbed(args.testbed)  # a bad file is a usage error before anything starts
         out = Path(tempfile.mkdtemp(prefix="vhostlm-doctor-"))
         rundir = RunDir(out, secrets.token_hex(3))
         try:
-            doc = check_testbed(args.testbed, rundir, budget(RunOptions()).node_mb())
+            need = budget(RunOptions()).node_mb()
+            doc = check_testbed(args.testbed, rundir, need, args.qemu)
         finally:
             teardown_runtime(rundir.runtime)
             shutil.rmtree(out, ignore_errors=True)

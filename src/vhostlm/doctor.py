@@ -125,8 +125,8 @@ class Doctor:
                  "" if free >= need_mb else "echo N > /proc/sys/vm/nr_hugepages")  # fmt: skip
 
 
-def check_testbed(path: Path, rundir: RunDir, need_mb: int) -> Doctor:
-    """Every check of a testbed file."""
+def check_testbed(path: Path, rundir: RunDir, need_mb: int, qemu: str | None = None) -> Doctor:
+    """Every check of a testbed file (with `qemu`, that binary on host and backup)."""
     spec: TestbedSpec = load_testbed(path)
     doc = Doctor()
     nodes: dict[str, Node] = {}
@@ -153,7 +153,8 @@ def check_testbed(path: Path, rundir: RunDir, need_mb: int) -> Doctor:
             doc.add(role, "tcpdump", tcpdump, "found" if tcpdump else "not found",
                     "" if tcpdump else "apt-get install tcpdump")  # fmt: skip
         else:
-            doc.guarded(role, "programs", doc.programs, role, node, nspec.qemu, nspec.testpmd)
+            binary = qemu or nspec.qemu
+            doc.guarded(role, "programs", doc.programs, role, node, binary, nspec.testpmd)
             mount = nspec.hugepages.mount
             doc.guarded(role, "hugepages", doc.hugepages, role, node, mount, need_mb)
         doc.guarded(role, "port", _port, doc, role, node, nspec.port)
@@ -222,11 +223,11 @@ def _migration(doc: Doctor, nodes: dict[str, Node], spec: TestbedSpec, rundir: R
         listener.stop(timeout=2)
 
 
-def check_local() -> Doctor:
-    """The embedded lab's needs on this machine."""
+def check_local(qemu: str = QEMU) -> Doctor:
+    """The embedded lab's needs on this machine (with `qemu`, that QEMU binary)."""
     doc = Doctor()
     node = LocalNode("local")
-    doc.guarded("local", "programs", doc.programs, "local", node, QEMU, TESTPMD_BINARY)
+    doc.guarded("local", "programs", doc.programs, "local", node, qemu, TESTPMD_BINARY)
     for binary, package in (("ip", "iproute2"), ("tcpdump", "tcpdump"), ("ssh-keygen",
                             "openssh-client"), ("/usr/sbin/sshd", "openssh-server")):  # fmt: skip
         found = node.which(binary) is not None

@@ -23,6 +23,10 @@ from vhostlm.paths import check_file_target, check_output_dir
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+# a probe frame: Ethernet, IPv4 and ICMP headers, magic, sequence number, one payload word;
+# at most the MTU's 1500 bytes of IP packet
+MIN_FRAME = 14 + 20 + 8 + 4 + 8 + 8
+MAX_FRAME = 14 + 1500
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
@@ -67,6 +71,23 @@ def mac(text: str) -> str:
     if not MAC_RE.match(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a MAC address like {GUEST_MAC}")
     return text.lower()
+
+
+# --- checks of parsed values: check(flag, value), UsageError naming the fix -------------
+def check_probe_size(flag: str, value: int) -> None:
+    """A probe must hold its header, sequence number and one payload word, and fit the MTU."""
+    if not MIN_FRAME <= value <= MAX_FRAME:
+        raise UsageError(
+            f"{flag} {value} is outside {MIN_FRAME}..{MAX_FRAME} bytes: a probe holds its "
+            f"Ethernet, IPv4 and ICMP headers, its sequence number and payload, within the MTU"
+        )
+
+
+def check_qemu(flag: str, value: str) -> None:
+    """An executable QEMU system emulator: it runs and says `QEMU emulator version`."""
+    from vhostlm.apps.qemu import probe_qemu_version
+
+    probe_qemu_version(flag, value)
 
 
 # --- the declaration --------------------------------------------------------------------
@@ -165,11 +186,31 @@ class RunOptions:
     cpu: str = option(
         "", "--cpu", help="guest CPU model (default: host under KVM, Nehalem under TCG)"
     )  # "" = host under KVM, TCG_CPU under TCG
+    probe_size: int = option(
+        256, "--probe-size", parse=positive(int), metavar="BYTES", check=check_probe_size,
+        help="frame size of every probe; its payload is derived from its sequence number and "
+        "checked in every reply (default 256: more than one cache line; up to the MTU)",
+    )  # fmt: skip
+    memcheck_mb: int | None = option(
+        None, "--memcheck-mb", parse=count, metavar="MB",
+        help="guest RAM the in-guest memory checker owns, dirties and verifies after every "
+        "switch-over (default: a quarter of --guest-mem; 0: off)",
+    )  # fmt: skip  # None: guest_mem_mb // 4
+    qemu: str | None = option(
+        None, "--qemu", metavar="PATH", check=check_qemu,
+        help="the QEMU binary both QEMUs of every case run (default: qemu-system-x86_64 on "
+        "PATH; on a testbed, each node's qemu:)",
+    )  # fmt: skip
     # not on the command line
     boot_timeout_s: float = 90.0
     after_packets: int = 10
     warmup_s: float = 1.0  # answered probes before migrating, in seconds of traffic
     after_timeout_s: float = 30.0
+
+    @property
+    def memcheck_region_mb(self) -> int:
+        """MiB of guest RAM the memory checker owns (0: no checker)."""
+        return self.guest_mem_mb // 4 if self.memcheck_mb is None else self.memcheck_mb
 
     @property
     def rate(self) -> float:
@@ -274,6 +315,11 @@ def validate(target: RunTarget, options: RunOptions) -> None:
         if given and not getattr(options, needed):
             names = " and ".join(h.flag for _, h in users)
             raise UsageError(f"{names} need {needed}: drop {flag_for(needed)}")
+    if options.memcheck_region_mb >= options.guest_mem_mb:
+        raise UsageError(
+            f"--memcheck-mb {options.memcheck_region_mb} leaves nothing of the guest's "
+            f"{options.guest_mem_mb} MiB (--guest-mem): give less, or 0 to turn it off"
+        )
     for obj in (options, target):
         for f, how in flags_of(type(obj)):
             value = getattr(obj, f.name)

@@ -64,7 +64,7 @@ def run_plan(
 ) -> RunResult:
     """Run `cases` on a fresh embedded lab, or on the servers of a `testbed` file; the lab
     is gone (ports restored, run directories removed) when this returns or raises."""
-    setup = bed_setup(testbed)
+    setup = bed_setup(testbed, options.qemu)
     setup.check(budget(options))
     started = time.monotonic()
     out = (output or default_output()).resolve()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 from vhostlm.addresses import QEMU_BINARY
@@ -54,20 +55,27 @@ def boots_under_kvm(
         proc.stop(timeout=2)
 
 
-def _cache_key(image: GuestImage) -> str:
-    qemu = Path(f"/usr/bin/{QEMU_BINARY}")
+def _cache_key(image: GuestImage, binary: str) -> str:
+    found = shutil.which(binary)
+    qemu = Path(found) if found else Path(binary)
     mtime = int(qemu.stat().st_mtime) if qemu.exists() else 0
-    return f"{platform.release()}|{mtime}|{image.digest[:16]}"
+    return f"{platform.release()}|{qemu}|{mtime}|{image.digest[:16]}"
 
 
-def probe_accel(image: GuestImage, rundir: RunDir, cache: Path, timeout: float = 15.0) -> str:
+def probe_accel(
+    image: GuestImage,
+    rundir: RunDir,
+    cache: Path,
+    timeout: float = 15.0,
+    binary: str = QEMU_BINARY,
+) -> str:
     """ "kvm" when a guest really boots under KVM within `timeout`, else "tcg" (cached)."""
     forced = os.environ.get("VHOSTLM_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
-    key = _cache_key(image)
+    key = _cache_key(image, binary)
     try:
         cached = json.loads(cache.read_text())
         if cached.get("key") == key and cached.get("accel") in ("kvm", "tcg"):
@@ -75,7 +83,9 @@ def probe_accel(image: GuestImage, rundir: RunDir, cache: Path, timeout: float =
     except (OSError, ValueError):
         pass
     node = LocalNode("host")
-    booted = boots_under_kvm(node, str(image.kernel), str(image.initrd), rundir, timeout=timeout)
+    booted = boots_under_kvm(
+        node, str(image.kernel), str(image.initrd), rundir, binary, timeout=timeout
+    )
     accel = "kvm" if booted else "tcg"
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "accel": accel}))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,7 +17,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from vhostlm.addresses import GUEST_MAC, QEMU_BINARY
 from vhostlm.apps.console import Console
-from vhostlm.errors import SetupError
+from vhostlm.errors import SetupError, UsageError
 from vhostlm.nodes.base import Node
 from vhostlm.rundir import RunDir
 from vhostlm.wait import Deadline
@@ -106,6 +108,27 @@ def qemu_version(text: str) -> tuple[int, int] | None:
     return (int(found[1]), int(found[2])) if found else None
 
 
+def probe_qemu_version(what: str, binary: str) -> str:
+    """`binary --version`'s first line; UsageError when it is not an executable QEMU."""
+    found = shutil.which(binary)
+    if found is None:
+        raise UsageError(
+            f"{what} {binary}: no such executable (give the path of qemu-system-x86_64)"
+        )
+    try:
+        out = subprocess.run(
+            [found, "--version"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"{what} {binary}: does not run ({exc})") from exc
+    first = out.strip().splitlines()[0] if out.strip() else ""
+    if not first.startswith("QEMU emulator version") or qemu_version(first) is None:
+        raise UsageError(
+            f"{what} {binary}: not a QEMU system emulator (--version printed {first[:60]!r})"
+        )
+    return first
+
+
 def msix_vectors(queues: int, accel: str, version: tuple[int, int] | None) -> int:
     """MSI-X vectors for the NIC as DTS gives them (2 per queue pair + 2); 0 (INTx) where
     this QEMU crashes with MSI-X under TCG."""
@@ -138,6 +161,9 @@ class VmSpec:
     # capabilities that must precede it (multifd, since QEMU 8) are set
     defer_incoming: bool = False
     disk: Path | None = None  # a shared disk image (the seed's NFS one), attached read-only
+    # a second serial port (the guest's ttyS1) for the memory checker's reports, apart
+    # from the console so that its lines never mix with testpmd's or the shell's
+    check_socket: Path | None = None
     append: str = "console=ttyS0 hugepages=256 init_on_alloc=0 panic=-1 quiet"
     binary: str = QEMU_BINARY
 
@@ -174,6 +200,8 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-device", device,
         "-chardev", f"socket,id=ser0,path={spec.console_socket},server=on,wait=off",
         "-serial", "chardev:ser0",
+        *(["-chardev", f"socket,id=ser1,path={spec.check_socket},server=on,wait=off",
+            "-serial", "chardev:ser1"] if spec.check_socket is not None else []),
         "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
         "-display", "none",
         "-nodefaults",
@@ -199,6 +227,11 @@ class QemuVm:
         self.console = Console(
             f"console-{spec.name}", spec.console_socket, rundir.log_path(f"console-{spec.name}")
         )
+        self.checker: Console | None = None  # the memory checker's channel (ttyS1)
+        if spec.check_socket is not None:
+            self.checker = Console(
+                f"memcheck-{spec.name}", spec.check_socket, rundir.log_path(f"memcheck-{spec.name}")
+            )
         self._qmp: QEMUMonitorProtocol | None = None
         self.events: list[dict[str, Any]] = []
 
@@ -215,6 +248,12 @@ class QemuVm:
                 self.node.wait_socket(str(path), timeout, alive=self.process.alive)
             self.console.path = self.node.reach(str(self.spec.console_socket))
             self.console.connect(timeout)
+            if self.checker is not None and self.spec.check_socket is not None:
+                self.node.wait_socket(
+                    str(self.spec.check_socket), timeout, alive=self.process.alive
+                )
+                self.checker.path = self.node.reach(str(self.spec.check_socket))
+                self.checker.connect(timeout)
             qmp_path = self.node.reach(str(self.spec.qmp_socket))
             qmp = QEMUMonitorProtocol(str(qmp_path), nickname=self.spec.name)
             qmp.settimeout(timeout)
@@ -290,6 +329,7 @@ class QemuVm:
         self, since: int, states: frozenset[MigrationStatus] | set[MigrationStatus], timeout: float
     ) -> tuple[MigrationStatus, dict[str, Any]]:
         """The first MIGRATION event after index `since` whose status is in `states`."""
+
         def wanted(data: dict[str, Any]) -> bool:
             return MigrationStatus.parse(data.get("status")) in states
 
@@ -310,3 +350,5 @@ class QemuVm:
         self.process.wait(5)
         self.process.stop()
         self.console.close()
+        if self.checker is not None:
+            self.checker.close()

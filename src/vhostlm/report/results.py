@@ -182,6 +182,40 @@ class TrafficFigures(_Record):
 
 
 @dataclass(config=_CONFIG)
+class IntegrityFigures(_Record):
+    """Whether the migrated guest is whole: probe payloads, guest memory, what programs said.
+
+    Each check that ran is named in `checks`; its figures are 0 when it did not run."""
+
+    checks: list[str] = Field(
+        default_factory=list, description="the checks that ran: payload, memory, anomalies"
+    )
+    payload_checked: int = Field(default=0, description="probe replies whose payload was checked")
+    payload_corrupt: int = Field(default=0, description="replies with a wrong payload byte")
+    payload_foreign: int = Field(
+        default=0, description="replies carrying another probe's payload (a stale buffer)"
+    )
+    payload_truncated: int = 0
+    payload_samples: list[dict[str, Any]] = Field(
+        default_factory=list, description="the first bad replies: seq, offset, expected, seen"
+    )
+    memcheck_mb: int = Field(default=0, description="guest RAM the memory checker owned")
+    memcheck_dirty_mb_s: float = Field(default=0.0, description="the rate it rewrote it at")
+    memcheck_scans: int = Field(
+        default=0, description="complete scans of every page after the last switch-over"
+    )
+    pages_checked: int = Field(default=0, description="pages verified after the switch-over")
+    pages_bad: int = Field(default=0, description="pages found stale or corrupt, any time")
+    bad_pages: list[dict[str, Any]] = Field(
+        default_factory=list, description="the first bad pages: page, gpa, kind, generations"
+    )
+    anomalies: list[dict[str, Any]] = Field(
+        default_factory=list, description="lines of the programs that show lost state"
+    )
+    failure: str = Field(default="", description="the first integrity failure, in words")
+
+
+@dataclass(config=_CONFIG)
 class CaseResult(_Record):
     """One test case of the plan: its steps, verdict and figures."""
 
@@ -209,6 +243,7 @@ class CaseResult(_Record):
         default_factory=dict, description="probe-stream figures (outage, loss, timeline)"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="the options it ran with")
+    integrity: IntegrityFigures = Field(default_factory=IntegrityFigures)
 
     def finish(self) -> None:
         """Derive the verdict from the steps unless one was set explicitly (not "pass").

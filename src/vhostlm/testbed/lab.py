@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vhostlm.addresses import MIG_IPS, PREFIX_LEN, TESTER_IP
+from vhostlm.addresses import MIG_IPS, PREFIX_LEN, QEMU_BINARY, TESTER_IP
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
@@ -22,7 +22,7 @@ from vhostlm.nodes.sockets import check_socket_free
 from vhostlm.rundir import RunDir
 from vhostlm.testbed import hugepages
 from vhostlm.testbed.shell import run
-from vhostlm.testbed.topology import ROLES, Nic, Topology
+from vhostlm.testbed.topology import ROLES, Nic, Tools, Topology
 
 NS_PREFIX = "vhostlm-"
 
@@ -30,8 +30,9 @@ NS_PREFIX = "vhostlm-"
 class Lab(Topology):
     """One run's namespaces, links, hugetlbfs mount and hugepage reservation."""
 
-    def __init__(self, rundir: RunDir) -> None:
+    def __init__(self, rundir: RunDir, qemu: str = QEMU_BINARY) -> None:
         self.rundir = rundir
+        self.qemu = qemu
         self.run_id = rundir.run_id
         self.hugepath = rundir.runtime / "huge"
         self._state_path = rundir.runtime / "lab.json"
@@ -45,6 +46,10 @@ class Lab(Topology):
     def nic(self, role: str) -> Nic:
         """The role's veth to the switch, used through af_packet."""
         return Nic(interface=self.port(role))
+
+    def tools(self, role: str) -> Tools:
+        """The programs on PATH, with the run's QEMU (--qemu)."""
+        return Tools(qemu=self.qemu)
 
     def hugedir(self, role: str) -> str:
         """The run's own hugetlbfs mount, shared by every role."""
