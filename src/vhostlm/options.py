@@ -23,10 +23,6 @@ from vhostlm.paths import check_file_target, check_output_dir
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-# a probe frame: Ethernet, IPv4 and ICMP headers, magic, sequence number, one payload word;
-# at most the MTU's 1500 bytes of IP packet
-MIN_FRAME = 14 + 20 + 8 + 4 + 8 + 8
-MAX_FRAME = 14 + 1500
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
@@ -75,12 +71,10 @@ def mac(text: str) -> str:
 
 # --- checks of parsed values: check(flag, value), UsageError naming the fix -------------
 def check_probe_size(flag: str, value: int) -> None:
-    """A probe must hold its header, sequence number and one payload word, and fit the MTU."""
-    if not MIN_FRAME <= value <= MAX_FRAME:
-        raise UsageError(
-            f"{flag} {value} is outside {MIN_FRAME}..{MAX_FRAME} bytes: a probe holds its "
-            f"Ethernet, IPv4 and ICMP headers, its sequence number and payload, within the MTU"
-        )
+    """A probe must hold its headers, sequence number and a payload word, within the MTU."""
+    from vhostlm.measure.payload import check_probe_size as check
+
+    check(value)
 
 
 def check_qemu(flag: str, value: str) -> None:

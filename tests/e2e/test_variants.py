@@ -14,9 +14,7 @@ from tests.e2e.conftest import leftovers, load, vhostlm
 def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the variants plan once; its results by case name."""
     out = tmp_path_factory.mktemp("variants") / "run"
-    proc = vhostlm(
-        "run", "--plan", "variants", "--output", str(out), timeout=1500
-    )
+    proc = vhostlm("run", "--plan", "variants", "--output", str(out), timeout=1500)
     data = load(out / "results.json")
     assert leftovers(data["run_id"]) == []
     cases = {c["name"]: c for c in data["cases"]}

@@ -42,9 +42,13 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     (
         "probe-size-below-header",
         ["run", "--probe-size", "40"],
-        "--probe-size 40 is outside 62..1514",
+        "--probe-size 40 is below the probe's 62-byte minimum",
     ),
-    ("probe-size-above-mtu", ["run", "--probe-size", "9000"], "--probe-size 9000 is outside 62.."),
+    (
+        "probe-size-above-mtu",
+        ["run", "--probe-size", "9000"],
+        "--probe-size 9000 is above the 1514-byte frame",
+    ),
     ("memcheck-whole-guest", ["run", "--memcheck-mb", "1024"], "--memcheck-mb 1024 leaves nothing"),
     (
         "memcheck-above-guest",

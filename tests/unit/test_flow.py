@@ -28,7 +28,11 @@ from vhostlm.report.progress import Progress
 from vhostlm.report.results import CaseResult
 from vhostlm.testbed.topology import Nic, Topology
 
-PREREQ = ["host_testpmd", "host_vm", "backup_testpmd", "backup_vm"]
+PREREQ = ["host_testpmd", "host_vm", "backup_testpmd", "backup_vm", "guest_memcheck"]
+INTACT = "guest_intact"
+READY = "VHLMC ready pages=65536 mb=256 rate_mb_s=8 first_gpa=0x2000000\n"
+SCAN = "VHLMC scan={n} pages=65536 bad={bad} written=900 gen=2 ms={n}000\n"
+BAD = "VHLMC bad page=77 gpa=0x204d000 kind=stale seen_gen=1 expect_gen=2 offset=0\n"
 LEG = ["migration_active", "receives_during_migration", "migration_completed",
        "receives_after_migration"]  # fmt: skip
 
@@ -42,6 +46,8 @@ class World:
         self.refuse_capabilities = False
         self.receive_after = True  # the destination guest receives after the switch-over
         self.fail_start: set[str] = set()  # names of things whose start raises SetupError
+        self.stale_page = False  # the destination's memory checker finds a stale page
+        self.payload: dict[str, Any] = {}  # the tester's payload figures
 
 
 class FakeProcess:
@@ -83,6 +89,23 @@ class FakeBackend(VhostBackend):
         self.world.log.append(f"stop {self.config.name}")
 
 
+class ScanningStream(OutputStream):
+    """A memory checker's port: whenever someone waits on it, it scans twice more (and
+    reports the stale page the world scripts, on a destination)."""
+
+    def __init__(self, name: str, stale: bool) -> None:
+        super().__init__(name, None)
+        self.stale = stale
+        self.scans = 2
+
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        bad = int(self.stale)
+        for _ in range(2):
+            self.scans += 1
+            self.feed((BAD if bad and self.scans == 3 else "") + SCAN.format(n=self.scans, bad=bad))
+        return super().wait_for(predicate, timeout)
+
+
 class FakeVm:
     """A QEMU that answers QMP as the script says and emits MIGRATION events."""
 
@@ -90,6 +113,12 @@ class FakeVm:
         self.world, self.spec, self.node = world, spec, node
         self.process = FakeProcess(spec.name)
         self.console = SimpleNamespace(output=OutputStream(spec.name, None))
+        stale = world.stale_page and spec.incoming is not None
+        self.checker = (
+            SimpleNamespace(output=ScanningStream(f"memcheck-{spec.name}", stale))
+            if spec.check_socket is not None
+            else None
+        )
         self.events: list[dict[str, Any]] = []
         self.status = "none"
 
@@ -99,12 +128,19 @@ class FakeVm:
         self.world.log.append(f"start {self.spec.name}")
         return self
 
+    def run_in_guest(self, cmd: str) -> str:
+        if "vhostlm-memcheck" in cmd and self.checker is not None:
+            self.world.log.append(f"memcheck on {self.spec.name}")
+            self.checker.output.feed(READY + SCAN.format(n=1, bad=0) + SCAN.format(n=2, bad=0))
+        return ""
+
     def stop(self) -> None:
         if f"stop {self.spec.name}" not in self.world.log:
             self.world.log.append(f"stop {self.spec.name}")
 
     def _event(self, status: str) -> None:
         self.status = status
+
         data = {"status": status}
         self.events.append({"event": "MIGRATION", "data": data, "timestamp": {"seconds": 1}})
 
@@ -181,7 +217,7 @@ class FakeGuest(Guest):
         return BootFiles(Path("/k"), Path("/i"))
 
     def shell(self, vm: Any) -> GuestShell:
-        return SimpleNamespace(role=vm.node.name, console=vm.console)  # type: ignore[return-value]
+        return SimpleNamespace(role=vm.node.name, console=vm.console, run=vm.run_in_guest)  # type: ignore[return-value]
 
     def wait_shell(self, vm: Any, timeout: float) -> GuestShell:
         return self.shell(vm)
@@ -214,6 +250,7 @@ class FakeTraffic:
         self.world = world
         self.tester = FakeTester()
         self.legs: list[dict[str, float]] = []
+        self.payload = world.payload
         stack.callback(lambda: world.log.append("stop traffic"))
 
     def start(self) -> None:
@@ -266,9 +303,9 @@ class FakeBed(Topology):
         pass
 
 
-def run(tmp_path: Path, name: str, world: World | None = None, **opts: Any) -> tuple[
-    CaseResult, World
-]:
+def run(
+    tmp_path: Path, name: str, world: World | None = None, **opts: Any
+) -> tuple[CaseResult, World]:
     """Run case `name` on the fakes; its result and the world's log."""
     world = world or World()
     rundir = SimpleNamespace(run_id="abc123", sockets=tmp_path, runtime=tmp_path)
@@ -312,6 +349,7 @@ def test_each_case_kind_runs_its_steps_in_order_and_passes(
     tmp_path: Path, case: str, steps: list[str]
 ) -> None:
     result, world = run(tmp_path, case)
+    steps = [*steps, INTACT]
     assert names(result) == steps
     assert [s.verdict for s in result.steps] == ["pass"] * len(steps), result.reason
     assert result.verdict == "pass"
@@ -331,7 +369,7 @@ def test_noconverge_is_cancelled_after_the_timeout_and_the_source_goes_on(tmp_pa
     result, world = run(tmp_path, "noconverge_virtio_net", world, converge_timeout_s=0.1)
     assert names(result) == [*PREREQ, "guest_link_up", "vhost_connected", "guest_receives",
         "guest_dirty_load", "migration_active", "receives_during_migration",
-        "did_not_converge", "source_keeps_receiving"]  # fmt: skip
+        "did_not_converge", "source_keeps_receiving", INTACT]  # fmt: skip
     steps = {s.name: s for s in result.steps}
     assert steps["guest_dirty_load"].detail == "dirty 64"
     assert steps["did_not_converge"].verdict == "pass"
@@ -379,7 +417,8 @@ def test_an_error_before_the_migration_skips_every_later_step(tmp_path: Path) ->
     verdicts = {s.name: s.verdict for s in result.steps}
     assert verdicts["backup_vm"] == "error"
     later = names(result)[names(result).index("backup_vm") + 1 :]
-    assert later == ["guest_testpmd", "vhost_connected", "guest_receives", *LEG]
+    assert later == ["guest_memcheck", "guest_testpmd", "vhost_connected", "guest_receives",
+                     *LEG, INTACT]  # fmt: skip
     assert all(verdicts[n] == "skip" for n in later)
     assert all(s.detail == "not run: an earlier step did not pass" for s in result.steps[5:])
     started = [e.removeprefix("start ") for e in world.log if e.startswith("start ")]
@@ -407,9 +446,7 @@ def test_a_qemu_that_refuses_the_capabilities_skips_the_case(tmp_path: Path) -> 
     result, world = run(tmp_path, "multifd_virtio_net", world)
     assert result.verdict == "skip"
     assert "this QEMU refuses" in result.reason and "'multifd': True" in result.reason
-    assert {s.verdict for s in result.steps[names(result).index("migration_active") :]} == {
-        "skip"
-    }
+    assert {s.verdict for s in result.steps[names(result).index("migration_active") :]} == {"skip"}
     assert "stop traffic" in world.log
 
 
@@ -439,3 +476,34 @@ def test_a_spec_is_frozen() -> None:
     with pytest.raises(TypeError):
         spec.parameters["x"] = 1  # type: ignore[index]
     assert replace(spec, queues=4).changes_queues and not spec.changes_queues
+
+
+def test_a_stale_page_on_the_destination_fails_the_case_naming_it(tmp_path: Path) -> None:
+    world = World()
+    world.stale_page = True
+    result, world = run(tmp_path, "virtio_net", world)
+    steps = {s.name: s for s in result.steps}
+    assert steps["receives_after_migration"].verdict == "pass"  # traffic alone says all is well
+    assert steps[INTACT].verdict == "fail"
+    assert "guest-physical 0x204d000" in result.reason and "stale" in result.reason
+    assert result.integrity.pages_bad == 1 and result.integrity.bad_pages[0]["page"] == 77
+    assert "memcheck on virtio_net-host" in world.log
+
+
+def test_a_wrong_payload_fails_the_case_with_the_first_sample(tmp_path: Path) -> None:
+    world = World()
+    world.payload = {"probe_size": 256, "payload_checked": 900, "payload_corrupt": 0,
+                     "payload_foreign": 1, "payload_truncated": 0,
+                     "samples": [{"seq": 4321, "kind": "foreign", "offset": 126,
+                                  "other_seq": 4200}]}  # fmt: skip
+    result, _ = run(tmp_path, "virtio_net", world)
+    assert result.verdict == "fail"
+    assert result.reason.startswith("guest_intact: probe 4321's reply carries probe 4200's")
+    assert result.integrity.payload_foreign == 1 and result.integrity.pages_bad == 0
+
+
+def test_without_the_memory_checker_there_is_no_checker_step_nor_port(tmp_path: Path) -> None:
+    result, world = run(tmp_path, "virtio_net", memcheck_mb=0)
+    assert "guest_memcheck" not in names(result) and result.verdict == "pass"
+    assert result.integrity.checks == ["anomalies"]
+    assert not any(line.startswith("memcheck on") for line in world.log)

@@ -17,7 +17,7 @@ from scapy.layers.l2 import Ether
 from vhostlm.addresses import GUEST_IP, GUEST_MAC, TESTER_IP
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements
-from vhostlm.measure.probe import ProbeRun, build_template, checksum, reply_seq, stamp
+from vhostlm.measure.probe import ProbeRun, build_template, payload_for, reply_seq, stamp
 from vhostlm.plans.env import RunOptions
 from vhostlm.plans.traffic import Traffic, check_limits
 from vhostlm.testbed.topology import Nic, Tools
@@ -36,14 +36,34 @@ def as_reply(frame: bytes) -> bytes:
     return bytes(pkt)
 
 
+@pytest.mark.parametrize("size", [62, 63, 256, 257, 1514])
 @pytest.mark.parametrize("seq", [0, 1, 65535, 65536, 2**40 + 3])
-def test_stamped_request_has_a_valid_checksum_and_comes_back(seq: int) -> None:
-    frame = stamp(TEMPLATE, seq)
+def test_stamped_request_has_a_valid_checksum_and_comes_back(seq: int, size: int) -> None:
+    template = build_template(GUEST_MAC, "02:00:00:00:00:03", TESTER_IP, GUEST_IP, size)
+    frame = stamp(template, seq)
+    assert len(frame) == size
     pkt = Ether(frame)
-    assert pkt[ICMP].type == 8 and pkt[ICMP].seq == seq & 0xFFFF
-    assert checksum(bytes(pkt[ICMP])) == 0  # a correct checksum sums to zero
+    assert pkt[ICMP].type == 8 and pkt[ICMP].seq == seq & 0xFFFF and pkt[ICMP].id == 0x7668
+    assert pkt[IP].len == size - 14
+    # scapy's own checksum, not ours: rebuilt with the field left for scapy to compute
+    stamped = pkt[ICMP].chksum
+    del pkt[ICMP].chksum
+    assert Ether(bytes(pkt))[ICMP].chksum == stamped
+    # the payload round trip: what scapy parses is probe `seq`'s payload, seq in each word
+    load = bytes(pkt[ICMP].payload)
+    assert load == payload_for(size).data(seq)
+    codec = payload_for(size)
+    decoded = {codec.word_seq(load[12 + 8 * j : 20 + 8 * j], j) for j in range(codec.full_words)}
+    assert decoded == {seq}
     assert reply_seq(frame) is None  # a request is not a reply
     assert reply_seq(as_reply(frame)) == seq
+
+
+def test_consecutive_probes_carry_unrelated_bodies() -> None:
+    # every word differs between neighbours (mixed, not a counter): a stale word is told apart
+    a, b = (payload_for(256).body(s) for s in (1000, 1001))
+    assert all(a[i : i + 8] != b[i : i + 8] for i in range(0, 200, 8))
+    assert len(set(a[i : i + 8] for i in range(0, 200, 8))) == 25  # and from each other
 
 
 def test_foreign_frames_are_not_replies() -> None:
@@ -70,8 +90,8 @@ class FakeRx:
 
 def test_stopping_the_sender_keeps_the_receiver_for_replies_in_flight() -> None:
     run = ProbeRun.__new__(ProbeRun)  # no AF_PACKET sockets: the receive loop alone
-    run.reply_seq, run.reply_ts = [], []  # type: ignore[assignment]
-    run.sending = run.receiving = True
+    run.init_state(TEMPLATE, 1000)
+    run.send_ts.extend([0.0] * 9)
     rx = FakeRx()
     run.rx = rx  # type: ignore[assignment]
     thread = threading.Thread(target=run.receive, daemon=True)
@@ -85,6 +105,7 @@ def test_stopping_the_sender_keeps_the_receiver_for_replies_in_flight() -> None:
     thread.join(5)
     assert not thread.is_alive()
     assert list(run.reply_seq) == [7, 8]
+    assert run.payload.as_dict()["checked"] == 2 and run.payload.as_dict()["corrupt"] == 0
 
 
 TCPDUMP = """\

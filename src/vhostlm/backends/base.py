@@ -31,6 +31,7 @@ class BackendConfig:
     file_prefix: str  # DPDK's --file-prefix: this backend's own hugepage files
     queues: int = 1
     postcopy: bool = False  # the vhost port must support postcopy migration
+    flood: bool = False  # forward(): send into the guest at full speed, forward nothing
 
 
 class VhostBackend(ABC):

@@ -53,7 +53,11 @@ class TestpmdBackend(VhostBackend):
         self.app.start(low_priority_polling=True)
 
     def forward(self) -> None:
-        """testpmd's `start`."""
+        """testpmd's `start`: io forwarding between the ports; for a flood, txonly on the
+        vhost port alone (the physical port neither sends nor forwards)."""
+        if self.config.flood:
+            for command in ("set portlist 0", "set fwd txonly"):
+                self.app.cmd(command)
         self.app.cmd("start")
 
     def wait_guest_ready(self, timeout: float, since: int = 0) -> str:

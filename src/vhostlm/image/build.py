@@ -26,7 +26,15 @@ from vhostlm.image.initramfs import add_skeleton, init_script, write_initramfs
 from vhostlm.image.kernel import extract_kernel, install_modules
 from vhostlm.image.kernel_package import fetch_kernel_deb, kernel_package
 from vhostlm.image.pvh import pvh_kernel
-from vhostlm.image.userland import collect_userland, dpdk_version, hash_userland, install_userland
+from vhostlm.image.userland import (
+    MEMCHECK,
+    build_memcheck,
+    collect_userland,
+    dpdk_version,
+    hash_memcheck,
+    hash_userland,
+    install_userland,
+)
 
 
 def build_image(
@@ -40,7 +48,7 @@ def build_image(
     log("image: resolving inputs")
     kernel_name, kernel_version_deb = kernel_package(cache_dir, log)
     userland = collect_userland(log)
-    hashes = hash_userland(userland)
+    hashes = hash_userland(userland) | hash_memcheck()
     init_sh = init_script()
     digest = compute_digest(f"{kernel_name}={kernel_version_deb}", hashes, init_sh)
     final = image_dir(cache_dir, digest)
@@ -64,6 +72,8 @@ def build_image(
         root = tmp / "root"
         root.mkdir()
         install_userland(root, userland)
+        log("image: compiling the memory checker (memcheck.c, gcc -static)")
+        build_memcheck(root / MEMCHECK.relative_to("/"))
         loaded = install_modules(root, kernel, log)
         add_skeleton(root)
         out = tmp / "out"

@@ -1,15 +1,18 @@
 """The guest's userland: busybox, dash, ethtool, testpmd, DPDK plugins and their libraries.
 
-All are the host's own files, copied into the image at the same paths.
+All are the host's own files, copied into the image at the same paths, except the memory
+checker (memcheck.c, package data), which the host's gcc compiles statically for the image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from vhostlm.errors import SetupError
@@ -26,6 +29,14 @@ TESTPMD = Path("/usr/bin/dpdk-testpmd")
 
 BUSYBOX = Path("/bin/busybox")
 """busybox-static's binary: the guest's userland besides dash, ethtool and testpmd."""
+
+MEMCHECK = Path("/usr/bin/vhostlm-memcheck")
+"""Where the image has the in-guest memory checker (compiled from memcheck.c)."""
+
+MEMCHECK_CFLAGS: tuple[str, ...] = ("-std=gnu99", "-O2", "-static", "-s")
+"""How memcheck.c is compiled: static (the guest needs none of its libraries), stripped."""
+
+_GCC_HINT = "apt-get install gcc libc6-dev"
 
 
 def ldd(binary: Path) -> list[Path]:
@@ -211,3 +222,36 @@ def _ldconfig(root: Path, lib_dirs: Iterable[Path]) -> None:
     if ldconfig is not None:
         # -X: leave the copied symlinks as they are; a failure only costs the cache.
         run([ldconfig, "-X", "-r", str(root)])
+
+
+def memcheck_source() -> bytes:
+    """The memory checker's C source (memcheck.c, shipped as package data)."""
+    return resources.files("vhostlm.image").joinpath("memcheck.c").read_bytes()
+
+
+def hash_memcheck() -> dict[str, str]:
+    """Cache-key entry of the memory checker: its source and the toolchain that compiles it
+    (gcc and the static libc it links), keyed by its path in the image."""
+    h = hashlib.sha256(memcheck_source())
+    for package in ("gcc", "libc6-dev"):
+        h.update(f"\n{package} {dpkg_version(package) or '-'}".encode())
+    h.update(f"\ncflags {' '.join(MEMCHECK_CFLAGS)}".encode())
+    return {str(MEMCHECK): h.hexdigest()}
+
+
+def build_memcheck(out: Path) -> Path:
+    """Compile memcheck.c with the host's gcc into out, a static binary; SetupError if not."""
+    gcc = shutil.which("gcc", path=BIN_PATH)
+    if gcc is None:
+        raise SetupError(
+            f"gcc is not installed (it builds the guest's memory checker): {_GCC_HINT}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with resources.as_file(resources.files("vhostlm.image").joinpath("memcheck.c")) as src:
+        proc = run([gcc, *MEMCHECK_CFLAGS, "-o", str(out), str(src)])
+    if proc.returncode != 0 or not out.is_file():
+        raise SetupError(
+            f"gcc could not build the guest's memory checker ({last_line(proc)}): {_GCC_HINT}"
+        )
+    out.chmod(0o755)
+    return out

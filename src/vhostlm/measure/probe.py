@@ -1,10 +1,24 @@
-"""The probe stream: sequence-numbered ICMP echo requests to the guest, every reply timed.
+"""The probe stream: sequence-numbered ICMP echo requests to the guest, every reply timed
+and its payload verified.
 
-Run on the tester (copied there by `Tester`) as `python probe.py`. scapy builds the
-frame once; each probe gets its 64-bit sequence number in the payload (ICMP's own 16-bit
-sequence wraps after a minute at 1000 pps) and is sent on a raw AF_PACKET socket, paced
-in small batches so the rate holds at thousands per second. A receive thread stamps every
-echo reply carrying the magic. On SIGTERM it writes all send and reply times as JSON.
+Run on the tester (copied there by `Tester`) as `python probe.py`: stdlib only, scapy
+for the template. scapy builds the frame once; each probe gets its 64-bit sequence
+number in the payload (ICMP's own 16-bit sequence wraps after a minute at 1000 pps),
+then a body derived from that number, and is sent on a raw AF_PACKET socket, paced in
+small batches so the rate holds at thousands per second. A receive thread stamps every
+echo reply carrying the magic and checks its payload against its own sequence number:
+vhost-user migration's real bugs are guest pages the backend wrote but nobody marked
+dirty, and a reply echoed from such a stale receive buffer carries the wrong bytes. On
+SIGTERM it writes all send and reply times and the payload findings as JSON.
+
+Payload (the ICMP data) of probe S, `size` bytes of frame in all:
+
+    MAGIC (4) | S (8, big endian) | w_0 | w_1 | ... | a prefix of w_n
+
+with body words w_j = mix(S) ^ mask_j (64-bit, big endian): mix is a bijection of 64-bit
+integers with full avalanche and mask_j a fixed per-offset constant, so the sequence
+number is recovered from any single word (unmix(w_j ^ mask_j)), a flipped byte decodes to
+a random number (never a probe sent), and a word left over from probe T decodes to T.
 """
 
 from __future__ import annotations
@@ -18,8 +32,10 @@ import sys
 import threading
 import time
 from array import array
+from functools import lru_cache
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 MAGIC = b"VHLP"
 ETH_P_ALL = 0x0003
@@ -27,76 +43,297 @@ IP_OFF = 14
 ICMP_OFF = IP_OFF + 20
 DATA_OFF = ICMP_OFF + 8
 SEQ_OFF = DATA_OFF + len(MAGIC)
+BODY_OFF = SEQ_OFF + 8  # 54: the first body word, in the frame as sent
+WORD = 8
+MIN_SIZE = BODY_OFF + WORD  # headers, magic, sequence number and one body word
+MAX_SIZE = 14 + 1500  # an Ethernet frame at the usual 1500-byte MTU
+DEFAULT_SIZE = 256  # more than one cache line
 ECHO_REQUEST, ECHO_REPLY = 8, 0
+ICMP_ID = 0x7668
+MAX_SAMPLES = 8
+SAMPLE_BYTES = 8  # bytes of hex in a sample's expected/seen
+FOREIGN_TRIES = 4  # differing body words decoded to look for another probe's
+
+M64 = (1 << 64) - 1
+_C1, _C2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's finaliser
+_C1_INV, _C2_INV = pow(_C1, -1, 1 << 64), pow(_C2, -1, 1 << 64)
+
+
+def mix(x: int) -> int:
+    """splitmix64's finaliser: a bijection of 64-bit integers in which every input bit
+    flips about half the output bits (so a damaged word never decodes to a near seq)."""
+    x ^= x >> 30
+    x = (x * _C1) & M64
+    x ^= x >> 27
+    x = (x * _C2) & M64
+    return x ^ (x >> 31)
+
+
+def unmix(x: int) -> int:
+    """The inverse of `mix`: the sequence number a body word (unmasked) came from."""
+    x ^= (x >> 31) ^ (x >> 62)
+    x = (x * _C2_INV) & M64
+    x ^= (x >> 27) ^ (x >> 54)
+    x = (x * _C1_INV) & M64
+    return x ^ (x >> 30) ^ (x >> 60)
 
 
 def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of `data`."""
+    """The Internet checksum (RFC 1071) of `data`.
+
+    The ones'-complement sum of 16-bit words is the number mod 0xFFFF (2**16 = 1 mod
+    0xFFFF), which CPython's big integers compute in C: fast enough for 1514-byte frames
+    at 10,000 pps."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(~total & 0xFFFF)
+    total = int.from_bytes(data, "big")
+    folded = total % 0xFFFF
+    if folded == 0 and total:
+        folded = 0xFFFF  # a nonzero sum folds to ones'-complement "negative zero"
+    return ~folded & 0xFFFF
 
 
-def build_template(dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, size: int = 64) -> bytes:
-    """An echo request frame from the tester to the guest, sequence number 0."""
+def check_size(size: int) -> str | None:
+    """Why a probe of `size` frame bytes cannot be built, or None when it can."""
+    if size < MIN_SIZE:
+        return (
+            f"--probe-size {size} is below the probe's {MIN_SIZE}-byte minimum ({BODY_OFF} "
+            f"bytes of headers, magic and sequence number, then one {WORD}-byte payload word):"
+            f" use {MIN_SIZE}..{MAX_SIZE}"
+        )
+    if size > MAX_SIZE:
+        return (
+            f"--probe-size {size} is above the {MAX_SIZE}-byte frame of a 1500-byte MTU: "
+            f"use {MIN_SIZE}..{MAX_SIZE}"
+        )
+    return None
+
+
+class Payload:
+    """The ICMP data of every probe of one frame size: built, and checked against a seq.
+
+    `data(seq)` is what probe `seq` carries from the magic on; `region(seq)` is what the
+    receiver compares, the ICMP id and sequence fields (echoed unchanged) then the data."""
+
+    def __init__(self, size: int) -> None:
+        reason = check_size(size)
+        if reason is not None:
+            raise ValueError(reason)
+        self.size = size
+        self.data_len = size - DATA_OFF
+        self.body_len = size - BODY_OFF
+        self.words = -(-self.body_len // WORD)  # with a partial word at the end
+        self.full_words = self.body_len // WORD
+        self.masks = [mix(j + 0x5648_4C50_0000_0000) for j in range(self.words)]
+        self.mask_int = int.from_bytes(b"".join(struct.pack("!Q", m) for m in self.masks))
+
+    def body(self, seq: int) -> bytes:
+        """The body words of probe `seq` (one mix, then C-level big-integer work)."""
+        rep = int.from_bytes(struct.pack("!Q", mix(seq & M64)) * self.words)
+        return (rep ^ self.mask_int).to_bytes(self.words * WORD)[: self.body_len]
+
+    def data(self, seq: int) -> bytes:
+        """The ICMP data of probe `seq`: magic, sequence number, body."""
+        return MAGIC + struct.pack("!Q", seq) + self.body(seq)
+
+    def region(self, seq: int) -> bytes:
+        """The bytes a reply to probe `seq` must carry from its ICMP id field on."""
+        return struct.pack("!HH", ICMP_ID, seq & 0xFFFF) + self.data(seq)
+
+    def word_seq(self, word: bytes, j: int) -> int:
+        """The sequence number whose body word `j` is `word`."""
+        return unmix(int.from_bytes(word) ^ self.masks[j])
+
+
+# where the compared region starts in the frame as sent (ICMP id), and its body words
+REGION_OFF = ICMP_OFF + 4
+BODY_IN_REGION = BODY_OFF - REGION_OFF
+
+
+@lru_cache(maxsize=8)
+def payload_for(size: int) -> Payload:
+    """The `Payload` of frames of `size` bytes (built once per size)."""
+    return Payload(size)
+
+
+def build_template(
+    dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, size: int = DEFAULT_SIZE
+) -> bytes:
+    """An echo request frame of `size` bytes from the tester to the guest, probe 0."""
     from scapy.layers.inet import ICMP, IP
     from scapy.layers.l2 import Ether
     from scapy.packet import Raw
 
-    payload = MAGIC + struct.pack("!Q", 0)
-    payload += b"p" * max(0, size - DATA_OFF - len(payload))
     frame = (
         Ether(dst=dst_mac, src=src_mac)
         / IP(src=src_ip, dst=dst_ip, ttl=64)
-        / ICMP(type=ECHO_REQUEST, id=0x7668, seq=0)
-        / Raw(payload)
+        / ICMP(type=ECHO_REQUEST, id=ICMP_ID, seq=0)
+        / Raw(payload_for(size).data(0))
     )
     return bytes(frame)
 
 
 def stamp(template: bytes, seq: int) -> bytes:
-    """The template carrying `seq`, with its ICMP checksum recomputed."""
-    icmp = bytearray(template[ICMP_OFF:])
-    struct.pack_into("!Q", icmp, SEQ_OFF - ICMP_OFF, seq)
-    struct.pack_into("!H", icmp, 6, seq & 0xFFFF)
+    """The template as probe `seq`: its payload and ICMP sequence, checksum recomputed."""
+    icmp = bytearray(template[ICMP_OFF:DATA_OFF])
     struct.pack_into("!H", icmp, 2, 0)
-    struct.pack_into("!H", icmp, 2, checksum(bytes(icmp)))
-    return template[:ICMP_OFF] + bytes(icmp)
+    struct.pack_into("!H", icmp, 6, seq & 0xFFFF)
+    data = payload_for(len(template)).data(seq)
+    struct.pack_into("!H", icmp, 2, checksum(bytes(icmp) + data))
+    return template[:ICMP_OFF] + bytes(icmp) + data
+
+
+def parse_reply(frame: bytes) -> tuple[int, int] | None:
+    """(probe sequence number, offset of the ICMP header) of an echo reply built from our
+    request, else None. The IP header's length is read, not assumed."""
+    if len(frame) < SEQ_OFF + 8 or frame[12:14] != b"\x08\x00" or frame[IP_OFF + 9] != 1:
+        return None
+    icmp = IP_OFF + (frame[IP_OFF] & 0x0F) * 4
+    if len(frame) < icmp + 20 or frame[icmp] != ECHO_REPLY:
+        return None
+    if frame[icmp + 8 : icmp + 12] != MAGIC:
+        return None
+    return int(struct.unpack_from("!Q", frame, icmp + 12)[0]), icmp
 
 
 def reply_seq(frame: bytes) -> int | None:
     """The probe sequence number of an echo reply built from our request, else None."""
-    if len(frame) < SEQ_OFF + 8 or frame[12:14] != b"\x08\x00" or frame[IP_OFF + 9] != 1:
-        return None
-    ihl = (frame[IP_OFF] & 0x0F) * 4
-    icmp = IP_OFF + ihl
-    if frame[icmp] != ECHO_REPLY or frame[icmp + 8 : icmp + 12] != MAGIC:
-        return None
-    return int(struct.unpack_from("!Q", frame, icmp + 12)[0])
+    parsed = parse_reply(frame)
+    return None if parsed is None else parsed[0]
+
+
+class PayloadCheck:
+    """Verifies every reply's payload against its own sequence number and keeps count.
+
+    Each checked reply is good or exactly one of: "foreign" (a body word is another
+    probe's: a stale receive buffer), "corrupt" (bytes that are no probe's), "truncated"
+    (shorter than sent, the bytes it has being right). Offsets are in the frame as sent
+    (Ethernet header first, 20-byte IP header). The first MAX_SAMPLES findings are kept:
+    {seq, kind, offset, expected, seen (hex of up to 8 bytes from offset), other_seq (the
+    other probe, foreign only), length (the reply's), icmp_checksum_ok}.
+    A duplicate with the right payload is fine here (outage.py counts duplicates)."""
+
+    def __init__(self, size: int) -> None:
+        self.payload = payload_for(size)
+        self.checked = self.corrupt = self.foreign = self.truncated = 0
+        self.samples: list[dict[str, Any]] = []
+        self._last_seq = -1
+        self._last_region = b""
+
+    def check(self, frame: bytes, icmp: int, seq: int, limit: int) -> str | None:
+        """The finding of a reply to probe `seq` (ICMP header at `icmp`), None if good.
+
+        `limit`: probes sent so far; only a number below it is taken for another probe's."""
+        self.checked += 1
+        if seq != self._last_seq:  # a duplicate reuses the expected bytes
+            self._last_seq, self._last_region = seq, self.payload.region(seq)
+        expected = self._last_region
+        ip_end = IP_OFF + int.from_bytes(frame[IP_OFF + 2 : IP_OFF + 4])
+        seen = frame[icmp + 4 : min(len(frame), ip_end)]
+        if seen[: len(expected)] == expected:
+            return None
+        if len(seen) < len(expected) and expected.startswith(seen):
+            self.truncated += 1
+            self._sample("truncated", seq, len(seen), expected, seen, None, frame, icmp)
+            return "truncated"
+        return self._diagnose(seq, seen, expected, limit, frame, icmp)
+
+    def _diagnose(
+        self, seq: int, seen: bytes, expected: bytes, limit: int, frame: bytes, icmp: int
+    ) -> str:
+        """Where and how a mismatching reply differs (the slow path, mismatches only)."""
+        n = min(len(seen), len(expected))
+        diff = int.from_bytes(seen[:n]) ^ int.from_bytes(expected[:n])
+        first = n - (diff.bit_length() + 7) // 8  # the first differing byte
+        # decode the first few differing words from there: the first may be torn (a cache
+        # line boundary inside it), the next one wholly another probe's
+        diffs = diff.to_bytes(n)
+        at = first
+        for _ in range(FOREIGN_TRIES):
+            j = max(0, (at - BODY_IN_REGION) // WORD)
+            at = BODY_IN_REGION + j * WORD
+            if j >= self.payload.full_words or at + WORD > n:
+                break
+            other = self.payload.word_seq(seen[at : at + WORD], j)
+            if 0 <= other < limit and other != seq:
+                self.foreign += 1
+                self._sample("foreign", seq, at, expected, seen, other, frame, icmp)
+                return "foreign"
+            rest = diffs[at + WORD :].lstrip(b"\0")  # on to the next differing byte
+            if not rest:
+                break
+            at = n - len(rest)
+        self.corrupt += 1
+        self._sample("corrupt", seq, first, expected, seen, None, frame, icmp)
+        return "corrupt"
+
+    def _sample(
+        self, kind: str, seq: int, at: int, expected: bytes, seen: bytes, other: int | None,
+        frame: bytes, icmp: int,
+    ) -> None:  # fmt: skip
+        if len(self.samples) >= MAX_SAMPLES:
+            return
+        ip_end = min(len(frame), IP_OFF + int.from_bytes(frame[IP_OFF + 2 : IP_OFF + 4]))
+        self.samples.append({
+            "seq": seq,
+            "kind": kind,
+            "offset": REGION_OFF + at,
+            "expected": expected[at : at + SAMPLE_BYTES].hex(),
+            "seen": seen[at : at + SAMPLE_BYTES].hex(),
+            "other_seq": other,
+            "length": REGION_OFF + len(seen),  # the reply's, in the frame as sent
+            "icmp_checksum_ok": checksum(frame[icmp:ip_end]) == 0,
+        })  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for the JSON dump."""
+        return {
+            "size": self.payload.size,
+            "checked": self.checked,
+            "corrupt": self.corrupt,
+            "foreign": self.foreign,
+            "truncated": self.truncated,
+            "samples": list(self.samples),
+        }
 
 
 class ProbeRun:
     """Sender and receiver of one probe stream, with everything they saw."""
 
     def __init__(self, iface: str, template: bytes, pps: float) -> None:
-        self.template = template
-        self.pps = pps
-        self.send_ts = array("d")
-        self.reply_seq = array("q")
-        self.reply_ts = array("d")
-        # two flags: SIGTERM ends the sending only; one shared flag let the receive thread
-        # see it first and quit, so the replies still in flight were counted as lost
-        self.sending = True
-        self.receiving = True
+        self.init_state(template, pps)
         self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         self.tx.bind((iface, 0))
         self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self.rx.bind((iface, 0))
         self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.rx.settimeout(0.2)
+
+    def init_state(self, template: bytes, pps: float) -> None:
+        """Everything but the sockets (so tests can drive the receive side alone)."""
+        self.template = template
+        self.pps = pps
+        self.send_ts = array("d")
+        self.reply_seq = array("q")
+        self.reply_ts = array("d")
+        self.payload = PayloadCheck(len(template))
+        # two flags: SIGTERM ends the sending only; one shared flag let the receive thread
+        # see it first and quit, so the replies still in flight were counted as lost
+        self.sending = True
+        self.receiving = True
+
+    def on_frame(self, frame: bytes, now: float) -> int | None:
+        """Take one received frame: a probe reply is stamped and its payload checked.
+        Returns the reply's sequence number, None for any other frame."""
+        parsed = parse_reply(frame)
+        if parsed is None:
+            return None
+        seq, icmp = parsed
+        # +1: a reply may beat the sender's append of its own send time
+        self.payload.check(frame, icmp, seq, len(self.send_ts) + 1)
+        self.reply_seq.append(seq)
+        self.reply_ts.append(now)
+        return seq
 
     def receive(self) -> None:
         """Stamp every echo reply until stopped (runs in its own thread)."""
@@ -110,10 +347,7 @@ class ProbeRun:
             now = time.time()
             if addr[2] == socket.PACKET_OUTGOING:
                 continue
-            seq = reply_seq(frame)
-            if seq is not None:
-                self.reply_seq.append(seq)
-                self.reply_ts.append(now)
+            self.on_frame(frame, now)
 
     def send(self, count: int) -> None:
         """Send at `pps` in small batches until stopped (or `count` probes)."""
@@ -148,6 +382,7 @@ class ProbeRun:
             "sent": len(self.send_ts),
             "send_ts": list(self.send_ts),
             "replies": [[s, t] for s, t in zip(self.reply_seq, self.reply_ts, strict=False)],
+            "payload": self.payload.as_dict(),
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -164,13 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     # no default: this script runs alone on the tester; `Tester` passes the run's rate
     parser.add_argument("--pps", type=float, required=True)
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="frame bytes")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    reason = check_size(args.size)
+    if reason is not None:
+        parser.error(reason)
 
     src_mac = Path(f"/sys/class/net/{args.iface}/address").read_text().strip()
-    run = ProbeRun(
-        args.iface, build_template(args.dst_mac, src_mac, args.src_ip, args.dst_ip), args.pps
-    )
+    template = build_template(args.dst_mac, src_mac, args.src_ip, args.dst_ip, args.size)
+    run = ProbeRun(args.iface, template, args.pps)
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
         run.sending = False
@@ -179,13 +417,23 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     receiver = threading.Thread(target=run.receive, daemon=True)
     receiver.start()
-    print(f"probing {args.dst_ip} ({args.dst_mac}) on {args.iface} at {args.pps:g} pps", flush=True)
+    print(
+        f"probing {args.dst_ip} ({args.dst_mac}) on {args.iface} at {args.pps:g} pps, "
+        f"{args.size}-byte frames",
+        flush=True,
+    )
     run.send(args.count)
     run.drain(0.5)
     run.receiving = False
     receiver.join(1)
     run.dump(args.out)
+    p = run.payload
     print(f"total sent {len(run.send_ts)} replies {len(run.reply_ts)}", flush=True)
+    print(
+        f"payload checked {p.checked} corrupt {p.corrupt} foreign {p.foreign} "
+        f"truncated {p.truncated}",
+        flush=True,
+    )
     return 0
 
 

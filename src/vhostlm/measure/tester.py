@@ -35,7 +35,10 @@ class Tester:
         python: str,
         workdir: str,
         seed_ips: tuple[str, str] = (TESTER_IP, SEED_DST_IP),
+        probe_size: int = probe.DEFAULT_SIZE,
     ) -> None:
+        """`probe_size`: frame bytes of each probe (probe.py --size; checked by the lead's
+        option validation with payload.check_probe_size)."""
         self.node = node
         self.probes = probe_ips is not None
         self.data_path = rundir.path / f"{name}.json"
@@ -45,7 +48,8 @@ class Tester:
         if probe_ips is not None:
             argv = [python, self.script[1], "--iface", iface,
                     "--dst-mac", dst_mac, "--src-ip", probe_ips[0], "--dst-ip", probe_ips[1],
-                    "--pps", str(pps), "--out", self.remote_data]  # fmt: skip
+                    "--pps", str(pps), "--size", str(probe_size),
+                    "--out", self.remote_data]  # fmt: skip
         else:
             argv = [python, self.script[1], "--iface", iface, "--dst", dst_mac, "--src-ip",
                     seed_ips[0], "--dst-ip", seed_ips[1], "--pps", str(pps)]  # fmt: skip
@@ -67,7 +71,8 @@ class Tester:
         return int(sent), int(replies or 0)
 
     def stop(self) -> dict[str, Any]:
-        """Stop sending; the probe data (send and reply times), or {} for the seed stream."""
+        """Stop sending; the probe data (send and reply times, payload findings under
+        "payload"), or {} for the seed stream."""
         self.process.stop()
         if self.probes and self.node.exists(self.remote_data):
             self.node.get(self.remote_data, self.data_path)

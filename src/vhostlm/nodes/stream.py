@@ -7,10 +7,12 @@ log file from the first moment; callers wait on patterns in that buffer.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -51,6 +53,11 @@ class OutputStream:
         self._dirty = False
         self._cond = threading.Condition()
         self._closed = False
+        self._length = 0  # characters fed so far (after clean-up): the offsets of mark()
+        self._partial: list[str] = []  # pieces of the line in progress (no newline yet)
+        self._line_ends: list[int] = []  # offset just after each completed line's newline
+        self._line_times: list[float] = []  # time.time() when that newline arrived
+        self._lines: list[str] = []  # the completed lines, without newline or ANSI escapes
         self._log: IO[str] | None = None
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,14 +69,54 @@ class OutputStream:
         with self._cond:
             self._text.append(data)
             self._dirty = True
+            self._add_lines(data, time.time())
             if self._log is not None:
                 self._log.write(data)
                 self._log.flush()
             self._cond.notify_all()
 
+    def _add_lines(self, data: str, now: float) -> None:
+        """Time-stamp the lines `data` completes (called with the lock held).
+
+        Only `data` is split, never the whole text: a chunk's first piece finishes the
+        line in progress, its last piece (after the last newline) starts the next one.
+        """
+        pieces = data.split("\n")
+        offset = self._length
+        self._length += len(data)
+        for piece in pieces[:-1]:
+            offset += len(piece) + 1
+            if self._partial:
+                self._partial.append(piece)
+                piece = "".join(self._partial)
+                self._partial = []
+            self._complete(piece, offset, now)
+        if pieces[-1]:  # a list, so a long line fed in many small pieces is joined once
+            self._partial.append(pieces[-1])
+
+    def _complete(self, line: str, end: int, now: float) -> None:
+        # An escape split across two feed() calls survives feed()'s clean-up: strip it here.
+        self._lines.append(ANSI_RE.sub("", line) if "\x1b" in line else line)
+        self._line_ends.append(end)
+        self._line_times.append(now)
+
+    def timed_lines(self, since: int = 0) -> list[tuple[float, str]]:
+        """(arrival time, line) of every completed line that ends after mark `since`.
+
+        The time is time.time() when the line's newline was read, so a line that came in
+        pieces carries the time it was finished. A line in progress at `since` counts whole.
+        The last unterminated line is included once the stream is closed.
+        """
+        with self._cond:
+            first = bisect.bisect_right(self._line_ends, since)
+            return list(zip(self._line_times[first:], self._lines[first:], strict=True))
+
     def close(self) -> None:
         """Mark the end of the output (the program or connection ended)."""
         with self._cond:
+            if self._partial and not self._closed:
+                self._complete("".join(self._partial), self._length, time.time())
+                self._partial = []
             self._closed = True
             if self._log is not None:
                 self._log.close()

@@ -9,6 +9,7 @@ is a new module there, not a branch here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -28,14 +29,16 @@ from vhostlm.nodes.base import Node
 from vhostlm.nodes.stream import ExpectTimeout
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.faults import NO_TRAFFIC, Vitals
+from vhostlm.plans.integrity import IntegrityWatch
 from vhostlm.plans.leg import Migration, Side, leg_step_names
 from vhostlm.plans.spec import CaseSpec
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, check_limits
-from vhostlm.report.results import CaseResult, StepResult
+from vhostlm.report.results import CaseResult, IntegrityFigures, StepResult
 from vhostlm.rundir import RunDir
 
 INCOMING_STEP = "incoming_vm"
+INTACT_STEP = "guest_intact"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class CaseFlow:
 
     def __init__(self, spec: CaseSpec, env: LabEnv, drivers: Drivers | None = None) -> None:
         self.spec = spec
+        if spec.rx_flood and env.options.probes:  # the flood takes the probes' path
+            env = dataclasses.replace(env, options=dataclasses.replace(env.options, probes=False))
         self.env = env
         self.drivers = drivers or Drivers()
         self.guest: Guest = self.drivers.guest(spec.guest)
@@ -65,6 +70,9 @@ class CaseFlow:
         self.traffic: Traffic | None = None
         self.migration: Migration | None = None
         self._mark = 0  # the host backend's output before the guest driver started
+        self.integrity = IntegrityWatch(env.options.memcheck_region_mb)
+        self._final: QemuVm | None = None  # the QEMU the guest runs on now
+        self._t0 = time.time()
 
     # -- what the case is, from its spec and the options -----------------------------------
 
@@ -114,6 +122,9 @@ class CaseFlow:
             "switch_learning": opts.switch_learning,
             "migrations": self.legs(),
             "guest_memory": opts.guest_memory,
+            "probe_size": opts.probe_size if opts.probes else 0,
+            "memcheck_mb": opts.memcheck_region_mb,
+            "qemu": self.env.bed.tools("host").qemu,
         }
 
     # -- running ---------------------------------------------------------------------------
@@ -146,7 +157,17 @@ class CaseFlow:
         finally:
             result.duration_s = round(time.monotonic() - start, 3)
         result.finish()
+        self._blame_integrity()
         return result
+
+    def _blame_integrity(self) -> None:
+        """A case that failed before its integrity step names what that check found first:
+        a stale page is the cause of a guest that then crashed or went silent."""
+        result, why = self.result, self.result.integrity.failure
+        ran = any(s.name == INTACT_STEP and s.verdict != "skip" for s in result.steps)
+        if why and not ran and result.verdict in ("fail", "error"):
+            result.reason = f"{why}; then {result.reason}" if result.reason else why
+            result.verdict = "fail"
 
     def _run(self, runner: StepRunner, defs: list[StepDef[CaseFlow]]) -> None:
         for d in defs:
@@ -168,6 +189,7 @@ class CaseFlow:
                     with runner.step(INCOMING_STEP + leg_suffix(leg)):
                         b = self.sides[(leg + 1) % 2] = self._incoming(b.role, leg)
                 mig.leg(leg, a, b)
+                self._switched(a.vm, b.vm)
                 if self.spec.kind.moves_guest:
                     self.vitals.retire(a.vm.process)
                     a.vm.stop()  # the source ends in postmigrate: its job is done
@@ -175,7 +197,20 @@ class CaseFlow:
             self.vitals.retire_tester()  # the traffic ends here, on purpose or by a failure
             self.result.measure = self.traffic.finish(mig.figures)
             self.result.traffic.sent = self.traffic.sent()
+            self.result.integrity = self._integrity(wait=False)
         self._run(runner, self.after_steps())
+
+    def _switched(self, src: QemuVm, dst: QemuVm) -> None:
+        """After a leg the guest runs on `dst`, a fresh QEMU whose checker output is all
+        from after the switch-over; or, when the kind keeps it there, still on `src`."""
+        self._final = dst if self.spec.kind.moves_guest else src
+
+    def _integrity(self, wait: bool) -> IntegrityFigures:
+        """The integrity figures now; with `wait`, once the checker scanned after the
+        switch-over."""
+        payload = self.traffic.payload if self.traffic is not None else {}
+        backends = list(self.backends.items())
+        return self.integrity.collect(payload, self._final, backends, self._t0, wait)
 
     # -- the steps before the first migration and after the last ---------------------------
 
@@ -196,6 +231,7 @@ class CaseFlow:
             file_prefix=f"vhostlm-{env.rundir.run_id}-{spec.name}-{role}",
             queues=spec.queues,
             postcopy=spec.kind.postcopy,
+            flood=spec.rx_flood,
         )
         backend = self.drivers.backend(spec.backend, config)
         self.stack.callback(backend.stop)
@@ -232,8 +268,15 @@ class CaseFlow:
             defer_incoming=incoming and spec.kind.defer_incoming,
             binary=bed.tools(role).qemu,
             disk=boot.disk,
+            check_socket=(
+                Path(bed.socket_path(role, f"{tag}-memcheck.sock"))
+                if env.options.memcheck_region_mb
+                else None
+            ),
         )
-        return self.drivers.vm(vm_spec, env.rundir, bed.node(role))
+        vm = self.drivers.vm(vm_spec, env.rundir, bed.node(role))
+        self.integrity.vms.append(vm)
+        return vm
 
     def _incoming(self, role: str, leg: int) -> Side:
         """Start the paused twin with `-incoming` on `role` (stopped by the case's stack)."""
@@ -268,6 +311,7 @@ class CaseFlow:
         self.env.bed.secure_sockets("host", self.env.rundir.sockets)
         shell = self.guest.wait_shell(vm, self.env.options.boot_timeout_s)
         self.sides.append(Side("host", vm, shell))
+        self._final = vm
         step.figures["boot_s"] = round(time.monotonic() - t0, 2)
 
     def backup_backend(self, step: StepResult) -> None:
@@ -282,6 +326,12 @@ class CaseFlow:
     def backup_vm(self, step: StepResult) -> None:
         """Prerequisite 5: the twin QEMU waits with `-incoming` on the backup."""
         self.sides.append(self._incoming("backup", 0))
+
+    def guest_memcheck(self, step: StepResult) -> None:
+        """The memory checker owns its share of guest RAM and starts rewriting it."""
+        src = self.sides[0]
+        step.detail = self.integrity.start_memcheck(src.vm, src.shell)
+        step.figures["memcheck_mb"] = self.integrity.memcheck_mb
 
     def guest_driver(self, step: StepResult) -> None:
         """Step 7: the guest's driver up (testpmd in the guest, or the kernel's link)."""
@@ -331,6 +381,22 @@ class CaseFlow:
         """A memory-dirtying load in the guest, at the case's rate."""
         step.detail = self.guest.start_dirty_load(self.sides[0].shell, self.spec.dirty_mb_s)
 
+    def guest_intact(self, step: StepResult) -> None:
+        """The guest is whole: payloads, memory pages, no sign of lost state in any log."""
+        figures = self.result.integrity = self._integrity(wait=True)
+        if figures.failure:
+            raise StepFailed(figures.failure)
+        parts = []
+        if "payload" in figures.checks:
+            parts.append(f"{figures.payload_checked} probe payloads intact")
+        if "memory" in figures.checks:
+            parts.append(
+                f"{figures.pages_checked} pages of {figures.memcheck_mb} MiB intact "
+                f"({figures.memcheck_scans} scans after the switch-over)"
+            )
+        parts.append(f"{len(figures.anomalies)} log warnings")
+        step.detail = ", ".join(parts)
+
     def within_limits(self, step: StepResult) -> None:
         """--max-outage-ms / --max-loss against the measured figures."""
         opts = self.env.options
@@ -339,6 +405,10 @@ class CaseFlow:
 
 def _loads(spec: CaseSpec, _options: Any) -> bool:
     return spec.dirty_mb_s > 0
+
+
+def _memcheck(_spec: CaseSpec, options: Any) -> bool:
+    return bool(options.memcheck_region_mb)
 
 
 def _limited(_spec: CaseSpec, options: Any) -> bool:
@@ -350,12 +420,14 @@ BEFORE: tuple[StepDef[CaseFlow], ...] = (
     StepDef("host_vm", CaseFlow.host_vm, "prerequisite 3"),
     StepDef("backup_testpmd", CaseFlow.backup_backend, "prerequisite 4"),
     StepDef("backup_vm", CaseFlow.backup_vm, "prerequisite 5"),
+    StepDef("guest_memcheck", CaseFlow.guest_memcheck, when=_memcheck),
     StepDef("guest_driver", CaseFlow.guest_driver, "step 7", name_of=lambda s: s.driver_step),
     StepDef("vhost_connected", CaseFlow.vhost_connected, "step 8"),
     StepDef("guest_receives", CaseFlow.guest_receives, "step 9"),
     StepDef("guest_dirty_load", CaseFlow.dirty_load, when=_loads),
 )
 AFTER: tuple[StepDef[CaseFlow], ...] = (
+    StepDef(INTACT_STEP, CaseFlow.guest_intact),
     StepDef("within_limits", CaseFlow.within_limits, when=_limited),
 )
 

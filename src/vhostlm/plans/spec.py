@@ -44,6 +44,10 @@ class CaseSpec:
     queues: int = 1
     late_start: bool = False  # the vhost side's `start` only once the guest driver is up
     dirty_mb_s: int = 0  # a memory-dirtying load in the guest, MB/s
+    # the backends send into the guest at full speed (testpmd txonly on the vhost port)
+    # instead of forwarding the tester's traffic: DPDK writes into the guest's receive
+    # buffers all through the migration. No probes can be answered then.
+    rx_flood: bool = False
     round_trips: int = 0  # 0: one migration to the backup; N: N times there and back
     capabilities: Mapping[str, bool] = field(default_factory=frozen)
     parameters: Mapping[str, Any] = field(default_factory=frozen)

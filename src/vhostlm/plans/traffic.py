@@ -15,6 +15,7 @@ from vhostlm.addresses import GUEST_IP, GUEST_MAC, TESTER_IP
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements, tcpdump_argv
 from vhostlm.measure.outage import analyse, largest_gap
+from vhostlm.measure.payload import payload_figures
 from vhostlm.measure.tester import PROGRESS_RE, Tester
 from vhostlm.nodes.base import NodeProcess
 from vhostlm.plans.env import LabEnv
@@ -48,6 +49,7 @@ class Traffic:
         self.tester = Tester(
             f"{case}-tester", env.rundir, bed.node("tester"), iface, opts.dst_mac, self.pps,
             probe_ips, bed.tools("tester").python, bed.workdir("tester"),
+            probe_size=opts.probe_size,
         )  # fmt: skip
         # one tcpdump per place to watch; roles watched at the same place share it
         by_place: dict[tuple[str, str], NodeProcess] = {}
@@ -63,6 +65,7 @@ class Traffic:
         self.leg_dest: list[str] = []
         self.legs: list[dict[str, float]] = []
         self._data: dict[str, Any] | None = None
+        self.payload: dict[str, Any] = {}  # the tester's payload checks, once finished
         stack.callback(self.stop)
 
     def start(self) -> None:
@@ -136,6 +139,7 @@ class Traffic:
         every migration of the case under "legs")."""
         self.stop()
         data = self._data or {}
+        self.payload = payload_figures(data)
         legs = [
             self._leg_figures(m, d, f)
             for m, d, f in zip(self.legs, self.leg_dest, migrations, strict=False)

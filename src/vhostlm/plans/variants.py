@@ -118,6 +118,25 @@ AUTO_CONVERGE = replace(
     """,
 )
 
+DIRTY_RX = replace(
+    AUTO_CONVERGE,
+    name="dirty_rx_virtio_net",
+    smp=1,
+    rx_flood=True,
+    doc="""Missed dirty pages: DPDK and the guest both write guest memory all through the migration.
+
+    The load that broke the destination guest under QEMU 7.2's TCG (bench/crash_repro.py
+    vhost-rx): what vhostlm's integrity checks must catch, by name, before the guest crashes.
+    Steps:
+        1 vCPU; the host's and backup's testpmd send into the guest at full speed (txonly on
+        the vhost port; no probes); 64 MiB/s dirtied in the guest; the memory checker
+        rewrites its region; link capped at 16 MB/s with auto-converge; `migrate`.
+    Verify:
+        The migration completes; the guest receives on the backup; every page of the
+        checker's region is intact and no program printed a sign of lost state.
+    """,
+)
+
 VARIANT_CASES: list[CaseSpec] = [
     PINGPONG,
     POSTCOPY,
@@ -126,4 +145,5 @@ VARIANT_CASES: list[CaseSpec] = [
     CANCEL,
     NO_CONVERGE,
     AUTO_CONVERGE,
+    DIRTY_RX,
 ]

@@ -137,7 +137,7 @@ class Lab(Topology):
         """
         try:
             self._save()
-            self.state["added_pages"] = hugepages.reserve(pages)
+            self.state["added_pages"] = hugepages.reserve(pages, self.run_id)
             self._save()
             self.hugepath.mkdir(exist_ok=True)
             run(
@@ -226,7 +226,7 @@ def teardown_lab(state_path: Path) -> list[str]:
             run(["umount", mount])
         except SetupError as exc:
             problems.append(str(exc))
-    hugepages.release(int(state.get("added_pages", 0)))
+    hugepages.release(str(state.get("run_id") or state_path.parent.name))
     state["added_pages"] = 0
     state["netns"] = []
     state.pop("mount", None)

@@ -121,8 +121,11 @@ def start_ssh_lab(lab: Lab, accel: str, python: str) -> Path:
     (keys / "known_hosts").write_text("\n".join(known) + "\n")
     testbed = {
         "nodes": nodes,
-        "migration": {"host": lab.migration_ip("host"), "backup": lab.migration_ip("backup"),
-                      "port": lab.migration_port},  # fmt: skip
+        "migration": {
+            "host": lab.migration_ip("host"),
+            "backup": lab.migration_ip("backup"),
+            "port": lab.migration_port,
+        },  # fmt: skip
         "guest": {"accel": accel},
     }
     path = rundir.path / "testbed.yaml"
