@@ -190,6 +190,12 @@ class RunOptions:
         help="guest RAM the in-guest memory checker owns, dirties and verifies after every "
         "switch-over (default: a quarter of --guest-mem; 0: off)",
     )  # fmt: skip  # None: guest_mem_mb // 4
+    verify_ram: bool = option(
+        False, "--verify-ram", action="store_true",
+        help="hold the destination paused at each switch-over and compare every page of guest "
+        "RAM with the source's before it runs: pages the migration missed are found before "
+        "the guest can touch them (the comparison's time adds to the outage; not postcopy)",
+    )  # fmt: skip
     qemu: str | None = option(
         None, "--qemu", metavar="PATH", check=check_qemu,
         help="the QEMU binary both QEMUs of every case run (default: qemu-system-x86_64 on "

@@ -160,6 +160,8 @@ class VmSpec:
     # `-incoming defer`: listen on `incoming` only at `migrate-incoming`, once the
     # capabilities that must precede it (multifd, since QEMU 8) are set
     defer_incoming: bool = False
+    # `-S`: the incoming guest stays paused after the migration until `cont` (--verify-ram)
+    hold: bool = False
     disk: Path | None = None  # a shared disk image (the seed's NFS one), attached read-only
     # a second serial port (the guest's ttyS1) for the memory checker's reports, apart
     # from the console so that its lines never mix with testpmd's or the shell's
@@ -213,6 +215,8 @@ def qemu_argv(spec: VmSpec) -> list[str]:
                  "-device", "virtio-blk-pci,drive=disk0"]  # fmt: skip
     if spec.incoming:
         argv += ["-incoming", "defer" if spec.defer_incoming else spec.incoming]
+        if spec.hold:
+            argv.append("-S")
     return argv
 
 

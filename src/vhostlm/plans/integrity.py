@@ -20,6 +20,7 @@ from vhostlm.backends.base import VhostBackend
 from vhostlm.errors import SetupError
 from vhostlm.guests.memcheck import MemcheckSummary, memcheck_command, summarise
 from vhostlm.integrity.anomalies import Anomaly, anomaly_failure, as_dicts, scan_logs
+from vhostlm.integrity.ramdiff import RamDiff
 from vhostlm.measure.payload import payload_failure
 from vhostlm.report.results import IntegrityFigures
 
@@ -105,6 +106,7 @@ class IntegrityWatch:
         backends: list[tuple[str, VhostBackend]],
         t0: float,
         wait: bool,
+        ram: list[RamDiff] | None = None,
     ) -> IntegrityFigures:
         """Every check's figures, and the first failure in words (payload, memory, logs)."""
         until = time.time()
@@ -120,6 +122,11 @@ class IntegrityWatch:
             why = payload_failure(payload)
             if why is not None:
                 failures.append(why)
+        if ram:
+            figures.checks.append("ram")
+            figures.ram = [diff.as_dict() for diff in ram]
+            figures.ram_pages_differ = sum(diff.pages_differ for diff in ram)
+            failures += [why for diff in ram if (why := diff.failure()) is not None][:1]
         if self.started_at:
             figures.checks.append("memory")
             figures.memcheck_mb = self.memcheck_mb

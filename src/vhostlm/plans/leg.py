@@ -18,6 +18,7 @@ from vhostlm.apps.guest import KernelReceiver, Receiver, guest_crash
 from vhostlm.apps.qemu import END_STATES, MigrationStatus, QemuVm
 from vhostlm.apps.tls import MigrationTls
 from vhostlm.errors import SetupError, StepFailed
+from vhostlm.integrity.ramdiff import RamDiff, RamSide, compare
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.faults import Vitals
 from vhostlm.plans.kinds import SOURCE_KEEPS_RECEIVING
@@ -113,6 +114,7 @@ class Migration:
                 lambda vm, local: bed.stage_dir(vm.node.name, local),
             )  # fmt: skip
         self.figures: list[MigrationFigures] = []
+        self.ram_diffs: list[RamDiff] = []  # --verify-ram: one per switch-over
 
     def record(self, leg: int, figs: MigrationFigures) -> None:
         """Keep QEMU's figures of leg `leg` (the first leg's are the case's `migration`)."""
@@ -288,6 +290,8 @@ class LegRun:
             mig.traffic.qmp_marks(self.marks, a.vm.events[self.ev_a :])
             raise StepFailed(f"migration failed: {why}")
         mig.vitals.check(b.role, f"before the switch-over to the {b.role}")
+        if b.vm.spec.hold:
+            self._verify_ram(a, b)
         resume = b.vm.wait_event("RESUME", 30, self.ev_b)
         self.marks["resume"] = event_time(resume)
         figs = final_figures(a.vm)
@@ -297,6 +301,21 @@ class LegRun:
         self.at_switch = mig.receiver.count(b.shell, 15)
         if self.leg == 0:
             mig.result.traffic.received_during = self.at_switch - self.before
+
+    def _verify_ram(self, a: Side, b: Side) -> None:
+        """The destination holds the guest paused: compare every page with the source's,
+        then let it run (`cont`). A difference is recorded, not raised: the case goes on,
+        so what the guest then does is seen too."""
+        b.vm.wait_migration(self.ev_b, END_STATES, 30)
+        bed, size = self.mig.env.bed, b.vm.spec.mem_mb << 20
+        sides = [
+            RamSide(s.vm.spec.name, s.vm.node, bed.tools(s.role).python, s.vm.process.pid, size)
+            for s in (a, b)
+        ]
+        try:
+            self.mig.ram_diffs.append(compare(*sides))
+        finally:
+            b.vm.qmp("cont")
 
     def receives_after(self, step: StepResult) -> None:
         """Step 13: the guest, now on the destination, keeps receiving."""

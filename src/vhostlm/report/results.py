@@ -212,6 +212,12 @@ class IntegrityFigures(_Record):
     anomalies: list[dict[str, Any]] = Field(
         default_factory=list, description="lines of the programs that show lost state"
     )
+    ram_pages_differ: int = Field(
+        default=0, description="--verify-ram: pages of destination RAM unlike the source's"
+    )
+    ram: list[dict[str, Any]] = Field(
+        default_factory=list, description="--verify-ram: each switch-over's comparison"
+    )
     failure: str = Field(default="", description="the first integrity failure, in words")
 
 
