@@ -224,7 +224,7 @@ class RunTarget:
 
     plan: str = option(
         "seed", "--plan", before="--pps",
-        help="seed (default), dts (DPDK's 8 cases), variants, or all",
+        help="seed (default), dts (DPDK's 8 cases), variants, detect, or all",
     )  # fmt: skip  # choices: the plan names, given to add_run_arguments
     cases: tuple[str, ...] = option(
         (), "--case", action="append", metavar="NAME", before="--pps",

@@ -17,6 +17,12 @@ def vhost_argv(config: BackendConfig) -> list[str]:
     if config.postcopy:
         vhost += ",postcopy-support=1"
     app = [f"--total-num-mbufs={TESTPMD_MBUFS}"]
+    if config.postcopy:
+        # testpmd's mlockall() pre-faults its mapping of guest memory, so the destination
+        # QEMU's UFFDIO_COPY of a postcopy page finds it present (EEXIST) and the migration
+        # pauses: DPDK's vhost guide says an application that pre-faults guest memory must
+        # not enable postcopy support
+        app.append("--no-mlockall")
     if config.queues > 1:
         app += [f"--rxq={config.queues}", f"--txq={config.queues}"]
     vdevs, eal = config.nic.testpmd_ports(config.queues)

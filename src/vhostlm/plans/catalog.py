@@ -8,13 +8,14 @@ from vhostlm.errors import UsageError
 from vhostlm.plans.dts import DTS_CASES
 from vhostlm.plans.seed import SEED_CASES
 from vhostlm.plans.spec import CaseSpec
-from vhostlm.plans.variants import VARIANT_CASES
+from vhostlm.plans.variants import DETECT_CASES, VARIANT_CASES
 
 PLANS: dict[str, list[CaseSpec]] = {
     "seed": SEED_CASES,
     "dts": DTS_CASES,
     "variants": VARIANT_CASES,
-    "all": [*SEED_CASES, *DTS_CASES, *VARIANT_CASES],
+    "detect": DETECT_CASES,  # loads that expose lost guest state (bench/detect_bench.py)
+    "all": [*SEED_CASES, *DTS_CASES, *VARIANT_CASES, *DETECT_CASES],
 }
 
 

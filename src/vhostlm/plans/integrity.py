@@ -74,17 +74,27 @@ class IntegrityWatch:
             out.wait_for(enough, SCAN_TIMEOUT_S)
         return summarise(out.text()[since:])
 
-    def bad_pages(self) -> list[dict[str, Any]]:
-        """The bad pages every checker channel reported (source and destinations)."""
+    def bad_pages(self, t0: float) -> list[dict[str, Any]]:
+        """The bad pages every checker channel reported (source and destinations), each
+        with the time its line arrived (ms from `t0`)."""
         found: list[dict[str, Any]] = []
         seen: set[tuple[str, int]] = set()
         for vm in self.vms:
             if vm.checker is None:
                 continue
+            arrived = {
+                line.split()[2]: at
+                for at, line in reversed(vm.checker.output.timed_lines())
+                if line.startswith("VHLMC bad page=")
+            }
             for bad in summarise(vm.checker.output.text()).bad:
                 if (vm.spec.name, bad.page) not in seen:
                     seen.add((vm.spec.name, bad.page))
-                    found.append({"vm": vm.spec.name, "gpa_hex": f"{bad.gpa:#x}", **asdict(bad)})
+                    at = arrived.get(f"page={bad.page}")
+                    found.append(
+                        {"vm": vm.spec.name, "gpa_hex": f"{bad.gpa:#x}", **asdict(bad),
+                         "at_ms": round((at - t0) * 1000, 1) if at is not None else None}
+                    )  # fmt: skip
         return found[:BAD_SAMPLES]
 
     def anomalies(self, backends: list[tuple[str, VhostBackend]], until: float) -> list[Anomaly]:
@@ -134,7 +144,7 @@ class IntegrityWatch:
             summary = self.memory(final, wait)
             figures.memcheck_scans = summary.scans
             figures.pages_checked = summary.pages_checked
-            figures.bad_pages = self.bad_pages()
+            figures.bad_pages = self.bad_pages(t0)
             figures.pages_bad = max(summary.pages_bad, len(figures.bad_pages))
             if figures.bad_pages:
                 first = figures.bad_pages[0]

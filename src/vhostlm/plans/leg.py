@@ -71,15 +71,15 @@ POSTCOPY_EEXIST = re.compile(
 
 
 def postcopy_paused(dst: QemuVm) -> None:
-    """The migration stopped in postcopy-paused: skip on the known incompatibility, else fail."""
+    """The migration stopped in postcopy-paused: fail with the destination's words."""
     out = dst.process.output
     out.wait_for(lambda t: bool(POSTCOPY_EEXIST.search(t)) or "Migration paused" in t, 10)
     log = out.text()
     if known := POSTCOPY_EEXIST.search(log):
-        raise CaseSkipped(
-            "postcopy with a vhost-user backend does not work with this QEMU and DPDK: the "
-            f"destination QEMU could not place a page the backend had already touched "
-            f"('{known.group(0)}'; the guest is lost in postcopy-paused)"
+        raise StepFailed(
+            "postcopy paused: the destination QEMU could not place a page that was already "
+            f"present ('{known.group(0)}'): something pre-faulted the guest's memory on the "
+            "destination (a vhost backend that locks its memory: testpmd needs --no-mlockall)"
         )
     lines = log.strip().splitlines()
     raise StepFailed(f"postcopy paused: {lines[-1] if lines else 'destination said nothing'}")

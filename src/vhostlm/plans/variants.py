@@ -145,5 +145,5 @@ VARIANT_CASES: list[CaseSpec] = [
     CANCEL,
     NO_CONVERGE,
     AUTO_CONVERGE,
-    DIRTY_RX,
 ]
+DETECT_CASES: list[CaseSpec] = [DIRTY_RX]
