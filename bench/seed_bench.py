@@ -102,7 +102,7 @@ def show_run(wall: float, data: dict[str, Any]) -> None:
         cells = [
             case["name"], case["verdict"],
             f"{step_s(case, 'host_testpmd', 'backup_testpmd'):.1f}",
-            f"{step_s(case, 'host_vm'):.1f}",
+            f"{step_s(case, 'host_vm', 'guest_boots'):.1f}",
             f"{step_s(case, 'backup_vm'):.1f}",
             f"{step_s(case, 'guest_testpmd', 'guest_link_up', 'vhost_connected'):.1f}",
             f"{step_s(case, 'guest_receives', 'receives_after_migration'):.1f}",

@@ -180,6 +180,12 @@ class RunOptions:
     cpu: str = option(
         "", "--cpu", help="guest CPU model (default: host under KVM, Nehalem under TCG)"
     )  # "" = host under KVM, TCG_CPU under TCG
+    vhost_mode: str = option(
+        "server", "--vhost-mode", choices=("server", "client"),
+        help="the vhost backend's side of the vhost-user socket: server (it listens, the "
+        "seed's) or client (QEMU listens with server=on; the backend connects, and "
+        "reconnects: testpmd's client=1)",
+    )  # fmt: skip
     probe_size: int = option(
         256, "--probe-size", parse=positive(int), metavar="BYTES", check=check_probe_size,
         help="frame size of every probe; its payload is derived from its sequence number and "

@@ -22,7 +22,7 @@ def runtime_dirs() -> set[str]:
 @pytest.mark.parametrize(
     ("sig", "phase", "args"),
     [
-        (signal.SIGINT, "host_vm", []),  # during boot
+        (signal.SIGINT, "guest_boots", []),  # during boot
         (signal.SIGTERM, "guest_receives", []),
         (signal.SIGINT, "guest_receives", []),  # during traffic
         # during the migration (slowed to ~20 s so it is surely still active)

@@ -28,7 +28,8 @@ from vhostlm.report.progress import Progress
 from vhostlm.report.results import CaseResult
 from vhostlm.testbed.topology import Nic, Topology
 
-PREREQ = ["host_testpmd", "host_vm", "backup_testpmd", "backup_vm", "guest_memcheck"]
+PREREQ = ["host_testpmd", "host_vm", "backup_testpmd", "backup_vm", "guest_boots",
+          "guest_memcheck"]  # fmt: skip
 INTACT = "guest_intact"
 READY = "VHLMC ready pages=65536 mb=256 rate_mb_s=8 first_gpa=0x2000000\n"
 SCAN = "VHLMC scan={n} pages=65536 bad={bad} written=900 gen=2 ms={n}000\n"
@@ -417,8 +418,8 @@ def test_an_error_before_the_migration_skips_every_later_step(tmp_path: Path) ->
     verdicts = {s.name: s.verdict for s in result.steps}
     assert verdicts["backup_vm"] == "error"
     later = names(result)[names(result).index("backup_vm") + 1 :]
-    assert later == ["guest_memcheck", "guest_testpmd", "vhost_connected", "guest_receives",
-                     *LEG, INTACT]  # fmt: skip
+    assert later == ["guest_boots", "guest_memcheck", "guest_testpmd", "vhost_connected",
+                     "guest_receives", *LEG, INTACT]  # fmt: skip
     assert all(verdicts[n] == "skip" for n in later)
     assert all(s.detail == "not run: an earlier step did not pass" for s in result.steps[5:])
     started = [e.removeprefix("start ") for e in world.log if e.startswith("start ")]

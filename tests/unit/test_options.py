@@ -20,14 +20,16 @@ FIELDS = {
     "switch_learning": False, "cpu": "", "max_outage_ms": None, "max_loss": None,
     "round_trips": None, "downtime_limit_ms": None, "max_bandwidth_mbps": None,
     "converge_timeout_s": 20.0, "guest_memory": "hugetlbfs", "migration_tls": False,
-    "probe_size": 256, "memcheck_mb": None, "verify_ram": False, "qemu": None,
+    "vhost_mode": "server", "probe_size": 256, "memcheck_mb": None, "verify_ram": False,
+    "qemu": None,
 }  # fmt: skip
 HELP_ORDER = [
     "--plan", "--case", "--output", "--pps", "--seed-traffic", "--max-outage-ms", "--max-loss",
     "--junit", "-k", "--round-trips", "--downtime-limit", "--max-bandwidth",
     "--converge-timeout", "--guest-memory", "--guest-smp", "--dst-mac", "--guest-mem",
     "--migration-timeout", "--migration-tls", "--no-backup-backend", "--switch-learning",
-    "--cpu", "--probe-size", "--memcheck-mb", "--verify-ram", "--qemu", "--testbed",
+    "--cpu", "--vhost-mode", "--probe-size", "--memcheck-mb", "--verify-ram", "--qemu",
+    "--testbed",
 ]  # fmt: skip
 
 

@@ -88,3 +88,23 @@ def test_qemu_version_from_a_bare_number_or_the_banner() -> None:
     assert qemu_version("10.0.2") == (10, 0)
     assert qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)") == (7, 2)
     assert qemu_version("") is None
+
+
+def test_memcheck_port_hold_and_vhost_server_only_when_asked() -> None:
+    plain = qemu_argv(spec(incoming="tcp:198.18.0.2:4444"))
+    assert "-S" not in plain and opt(plain, "-serial") == ["chardev:ser0"]
+    assert "socket,id=char0,path=/run/v/vhost.sock" in opt(plain, "-chardev")
+    argv = qemu_argv(
+        spec(
+            incoming="tcp:198.18.0.2:4444",
+            hold=True,
+            vhost_server=True,
+            check_socket=Path("/run/v/mc.sock"),
+        )
+    )
+    assert argv[argv.index("-incoming") + 2] == "-S"  # paused once the migration is in
+    # QEMU listens for the backend (vhost-user client mode of the backend)
+    assert "socket,id=char0,path=/run/v/vhost.sock,server=on,wait=off" in opt(argv, "-chardev")
+    # the memory checker's port is the guest's second serial port, after the console
+    assert opt(argv, "-serial") == ["chardev:ser0", "chardev:ser1"]
+    assert "socket,id=ser1,path=/run/v/mc.sock,server=on,wait=off" in opt(argv, "-chardev")

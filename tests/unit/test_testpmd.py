@@ -74,3 +74,26 @@ def test_socket_in_use_is_refused_and_stale_socket_removed(tmp_path: Path) -> No
     assert path.exists()  # closed but the file stays: stale
     check_socket_free(path)
     assert not path.exists()
+
+
+def test_vhost_backend_argv_for_client_mode_postcopy_and_flood() -> None:
+    from vhostlm.backends.base import BackendConfig
+    from vhostlm.backends.testpmd import vhost_argv
+    from vhostlm.testbed.topology import Nic
+
+    def argv(**kw: object) -> list[str]:
+        config = BackendConfig(
+            name="t", node=None, rundir=None, socket="/s/v.sock",  # type: ignore[arg-type]
+            nic=Nic(interface="veth0"), hugedir="/huge", binary="dpdk-testpmd",
+            file_prefix="p", **kw,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return vhost_argv(config)
+
+    plain = argv()
+    assert "net_vhost0,iface=/s/v.sock,queues=1" in plain and "--no-mlockall" not in plain
+    client = argv(client=True)
+    assert "net_vhost0,iface=/s/v.sock,queues=1,client=1" in client
+    postcopy = argv(postcopy=True)
+    assert "net_vhost0,iface=/s/v.sock,queues=1,postcopy-support=1" in postcopy
+    # an app option, after `--`: testpmd must not pre-fault guest memory for postcopy
+    assert postcopy.index("--no-mlockall") > postcopy.index("--")

@@ -162,6 +162,7 @@ class VmSpec:
     defer_incoming: bool = False
     # `-S`: the incoming guest stays paused after the migration until `cont` (--verify-ram)
     hold: bool = False
+    vhost_server: bool = False  # QEMU listens on the vhost-user socket (--vhost-mode client)
     disk: Path | None = None  # a shared disk image (the seed's NFS one), attached read-only
     # a second serial port (the guest's ttyS1) for the memory checker's reports, apart
     # from the console so that its lines never mix with testpmd's or the shell's
@@ -197,7 +198,8 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),
         "-append", spec.append,
-        "-chardev", f"socket,id=char0,path={spec.vhost_socket}",
+        "-chardev", f"socket,id=char0,path={spec.vhost_socket}"
+        + (",server=on,wait=off" if spec.vhost_server else ""),
         "-netdev", netdev,
         "-device", device,
         "-chardev", f"socket,id=ser0,path={spec.console_socket},server=on,wait=off",

@@ -32,6 +32,7 @@ class BackendConfig:
     queues: int = 1
     postcopy: bool = False  # the vhost port must support postcopy migration
     flood: bool = False  # forward(): send into the guest at full speed, forward nothing
+    client: bool = False  # the backend connects to QEMU's vhost-user socket (and reconnects)
 
 
 class VhostBackend(ABC):

@@ -16,6 +16,8 @@ def vhost_argv(config: BackendConfig) -> list[str]:
     vhost = f"net_vhost0,iface={config.socket},queues={config.queues}"
     if config.postcopy:
         vhost += ",postcopy-support=1"
+    if config.client:  # QEMU listens; DPDK's vhost client reconnects when it goes away
+        vhost += ",client=1"
     app = [f"--total-num-mbufs={TESTPMD_MBUFS}"]
     if config.postcopy:
         # testpmd's mlockall() pre-faults its mapping of guest memory, so the destination
