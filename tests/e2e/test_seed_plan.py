@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
+
+import pytest
 
 from tests.e2e.conftest import hugepages_baseline, leftovers, load, vhostlm
 from vhostlm.report.results import validate_results
@@ -16,6 +19,8 @@ SEED_STEPS = [
     "host_vm",
     "backup_testpmd",
     "backup_vm",
+    "guest_boots",
+    "guest_memcheck",
     "vhost_connected",
     "guest_receives",
     "migration_active",
@@ -48,7 +53,13 @@ def test_seed_plan_passes_and_leaves_nothing(tmp_path: Path, hugepages_before: i
         assert traffic["received_before"] > 0
         assert traffic["received_during"] > 0
         assert traffic["received_after"] >= 10
-        check_measure(case)
+        check_measure(case, out)
+        # the guest is whole: every reply's payload and every page of the checker's region
+        integrity = case["integrity"]
+        assert integrity["checks"] == ["payload", "memory", "anomalies"], integrity
+        assert integrity["payload_checked"] >= case["measure"]["replies"] > 0
+        assert integrity["pages_checked"] == 1024 // 4 * 256 and integrity["pages_bad"] == 0
+        assert integrity["failure"] == "" and steps["guest_intact"] == "pass"
     for key in ("qemu", "dpdk", "guest_kernel"):
         assert data["versions"][key]
     commands = (out / "commands.sh").read_text()
@@ -73,21 +84,46 @@ def test_seed_plan_passes_and_leaves_nothing(tmp_path: Path, hugepages_before: i
     assert hugepages_baseline() == hugepages_before
 
 
-def check_measure(case: dict[str, Any]) -> None:
-    """Probe figures: consistent, clean outside the migration, outage >= QEMU's downtime."""
+def check_measure(case: dict[str, Any], out: Path) -> None:
+    """Probe figures against the tester's own data file and log, recomputed here: counts,
+    clean outside the switch-over, outage >= QEMU's downtime, kernel-stamped replies."""
     m = case["measure"]
     assert m["pps"] == 1000 and m["resolution_ms"] == 1.0
-    assert m["sent"] > 1000 and m["replies"] > 0
-    assert m["replies"] + m["lost"] == m["sent"]
+    raw = json.loads((out / f"{case['name']}-tester.json").read_text())
+    log = (out / "logs" / f"{case['name']}-tester.log").read_text()
+    # the tester's own last words: what it sent and received, independent of the analysis
+    sent, got = (int(x) for x in re.findall(r"total sent (\d+) replies (\d+)", log)[-1])
+    assert m["sent"] == sent == len(raw["send_ts"]) > 1000
+    answered = {s for s, _ in raw["replies"] if 0 <= s < sent}
+    assert len(raw["replies"]) == got
+    assert m["replies"] == len(answered) > 0 and m["lost"] == sent - len(answered)
+    assert m["duplicates"] == got - len(answered)
     assert m["lost_outside_window"] == 0, m
+    # replies are kernel-stamped, the tester dropped nothing, its sends are in order
+    rx = raw["rx"]
+    assert rx["clock"] == "kernel" == m["timestamps"] and rx["unstamped"] == 0
+    assert rx["drops"] == m["tester_drops"] == 0
+    assert all(a <= b for a, b in zip(raw["send_ts"], raw["send_ts"][1:], strict=False))
+    # the outage recomputed from the raw replies: the largest gap touching the window
+    lo, hi = m["window"]
+    times = sorted(t for s, t in raw["replies"] if 0 <= s < sent)
+    edges = [raw["send_ts"][0], *times, raw["send_ts"][-1]]
+    gaps = [(b - a) * 1000 for a, b in zip(edges, edges[1:], strict=False) if b >= lo and a <= hi]
+    assert m["outage_ms"] == pytest.approx(max(gaps), abs=0.01)
+    events = m["events"]
+    assert events["migrate"] < lo < events["stop"] < events["resume"] < hi  # the switch-over
+    assert m["outage_start"] >= events["migrate"]
+    assert 0 < m["outage_uncertainty_ms"] < m["outage_ms"], m
+    assert m["noise_ms"]["p99"] <= m["noise_ms"]["max"]
     downtime = case["migration"]["downtime_ms"]
     assert m["outage_ms"] >= downtime - m["resolution_ms"], (m["outage_ms"], downtime)
     assert m["stop_to_resume_ms"] > 0
     assert m["qemu"]["downtime_ms"] == downtime
-    events = m["events"]
     assert events["migrate"] <= events["active"] <= events["stop"] <= events["resume"]
     timeline = m["timeline"]
-    assert len(timeline["reply_ms"]) == m["replies"] + m["duplicates"]
+    t0 = raw["t0"]
+    every = sorted(t for _, t in raw["replies"])
+    assert timeline["reply_ms"] == [round((t - t0) * 1000, 3) for t in every]
     assert set(timeline["marks_ms"]) >= {"migrate", "active", "stop", "resume", "completed"}
 
 

@@ -38,7 +38,16 @@ def test_ping_pong_measures_every_leg(variants: dict[str, Any]) -> None:
     legs = case["measure"]["legs"]
     assert [leg["to"] for leg in legs] == ["backup", "host", "backup", "host"]
     assert all(leg["status"] == "completed" and leg["qemu"]["total_time_ms"] > 0 for leg in legs)
-    assert all(leg["outage_ms"] > 0 for leg in legs)
+    for leg in legs:
+        # each leg's outage lasts at least the guest's pause (QEMU's downtime, less a probe
+        # interval), starts after its own migrate and ends within the settle second after
+        # its RESUME (the guest answers on its new side): not another leg's gap
+        lo, hi = leg["window"]
+        resolution = case["measure"]["resolution_ms"]
+        assert leg["outage_ms"] >= leg["qemu"]["downtime_ms"] - resolution, leg
+        assert leg["events"]["migrate"] <= leg["outage_start"] < leg["outage_end"] <= hi, leg
+        assert lo < leg["events"]["stop"] < leg["events"]["resume"] < hi, leg
+    assert case["measure"]["lost_outside_window"] == 0
     s = steps(case)
     for leg in ("", "_leg2", "_leg3", "_leg4"):
         assert s["receives_after_migration" + leg]["verdict"] == "pass"

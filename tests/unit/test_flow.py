@@ -31,6 +31,7 @@ from vhostlm.testbed.topology import Nic, Topology
 PREREQ = ["host_testpmd", "host_vm", "backup_testpmd", "backup_vm", "guest_boots",
           "guest_memcheck"]  # fmt: skip
 INTACT = "guest_intact"
+SOUND = "outage_sound"
 READY = "VHLMC ready pages=65536 mb=256 rate_mb_s=8 first_gpa=0x2000000\n"
 SCAN = "VHLMC scan={n} pages=65536 bad={bad} written=900 gen=2 ms={n}000\n"
 BAD = "VHLMC bad page=77 gpa=0x204d000 kind=stale seen_gen=1 expect_gen=2 offset=0\n"
@@ -350,7 +351,7 @@ def test_each_case_kind_runs_its_steps_in_order_and_passes(
     tmp_path: Path, case: str, steps: list[str]
 ) -> None:
     result, world = run(tmp_path, case)
-    steps = [*steps, INTACT]
+    steps = [*steps, INTACT, SOUND]
     assert names(result) == steps
     assert [s.verdict for s in result.steps] == ["pass"] * len(steps), result.reason
     assert result.verdict == "pass"
@@ -370,7 +371,7 @@ def test_noconverge_is_cancelled_after_the_timeout_and_the_source_goes_on(tmp_pa
     result, world = run(tmp_path, "noconverge_virtio_net", world, converge_timeout_s=0.1)
     assert names(result) == [*PREREQ, "guest_link_up", "vhost_connected", "guest_receives",
         "guest_dirty_load", "migration_active", "receives_during_migration",
-        "did_not_converge", "source_keeps_receiving", INTACT]  # fmt: skip
+        "did_not_converge", "source_keeps_receiving", INTACT, SOUND]  # fmt: skip
     steps = {s.name: s for s in result.steps}
     assert steps["guest_dirty_load"].detail == "dirty 64"
     assert steps["did_not_converge"].verdict == "pass"
@@ -419,7 +420,7 @@ def test_an_error_before_the_migration_skips_every_later_step(tmp_path: Path) ->
     assert verdicts["backup_vm"] == "error"
     later = names(result)[names(result).index("backup_vm") + 1 :]
     assert later == ["guest_boots", "guest_memcheck", "guest_testpmd", "vhost_connected",
-                     "guest_receives", *LEG, INTACT]  # fmt: skip
+                     "guest_receives", *LEG, INTACT, SOUND]  # fmt: skip
     assert all(verdicts[n] == "skip" for n in later)
     assert all(s.detail == "not run: an earlier step did not pass" for s in result.steps[5:])
     started = [e.removeprefix("start ") for e in world.log if e.startswith("start ")]

@@ -385,3 +385,27 @@ def test_empty_run_renders_a_page() -> None:
     assert "no cases ran" in page.plain
     assert page.with_class("case") == [] and page.data["cases"] == []
     assert "1 pass" not in page.plain and "0 pass" in page.plain
+
+
+def test_report_of_a_stream_measured_by_analyse() -> None:
+    """The figures and the plot's outage come from the analysis of a stream, not by hand:
+    probes every ms for 8 s from T0, the path down 5.000-5.048 s (STOP at 5.0 s)."""
+    from vhostlm.plans.traffic import probe_figures
+
+    send = [T0 + i / 1000 for i in range(8000)]
+    replies = [[i, t + 0.0003] for i, t in enumerate(send) if not 5000 <= i < 5048]
+    marks = {"migrate": T0 + 1.0, "stop": T0 + 5.0, "resume": T0 + 5.03, "completed": T0 + 5.1}
+    data = {"pps": 1000.0, "t0": T0, "sent": 8000, "send_ts": send, "replies": replies}
+    measure, legs = probe_figures(data, [marks], 1000.0)
+    case = passing_case()
+    case.measure = {"pps": 1000.0, "resolution_ms": 1.0, **measure, "legs": legs}
+    case.finish()
+    page = Page(render_html(synthetic_run([case])))
+    # reply 4999 at 4.9993 s .. reply 5048 at 5.0483 s: 49 ms, 48 lost, none outside
+    assert measure["outage_ms"] == pytest.approx(49.0, abs=0.001)
+    for text in ("outage (largest reply gap) 49 ms", "lost 48", "outage window 4.999 – 5.048 s"):
+        assert text in page.plain, text
+    shown = page.data["cases"][0]
+    assert shown["timeline"]["outage_ms"] == measure["outage_ms"]
+    assert shown["timeline"]["outage"] == pytest.approx([4999.3, 5048.3], abs=0.01)
+    assert shown["replies"] == 7952 == len(shown["timeline"]["reply_ms"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
+import struct
 import threading
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +20,17 @@ from scapy.layers.l2 import Ether
 from vhostlm.addresses import GUEST_IP, GUEST_MAC, TESTER_IP
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements
-from vhostlm.measure.probe import ProbeRun, build_template, payload_for, reply_seq, stamp
+from vhostlm.measure.probe import (
+    PACKET_STATISTICS,
+    SO_TIMESTAMPNS,
+    SOL_PACKET,
+    ProbeRun,
+    build_template,
+    cmsg_time,
+    payload_for,
+    reply_seq,
+    stamp,
+)
 from vhostlm.plans.env import RunOptions
 from vhostlm.plans.traffic import Traffic, check_limits
 from vhostlm.testbed.topology import Nic, Tools
@@ -72,40 +85,127 @@ def test_foreign_frames_are_not_replies() -> None:
     assert reply_seq(b"\x00" * 20) is None
 
 
+def timespec(sec: int, nsec: int) -> list[tuple[int, int, bytes]]:
+    """recvmsg's ancillary data with the kernel's SCM_TIMESTAMPNS (a 64-bit timespec)."""
+    return [(socket.SOL_SOCKET, SO_TIMESTAMPNS, struct.pack("=qq", sec, nsec))]
+
+
 class FakeRx:
-    """A receive socket fed by the test: frames from a queue, TimeoutError when idle."""
+    """A receive socket fed by the test: (frame, kernel stamp, packet type) from a queue,
+    TimeoutError when idle; PACKET_STATISTICS as the test sets them."""
 
     def __init__(self) -> None:
-        self.frames: queue.Queue[bytes] = queue.Queue()
+        self.frames: queue.Queue[tuple[bytes, float | None, int]] = queue.Queue()
         self.seen = threading.Semaphore(0)
+        self.stats = (0, 0)
 
-    def recvfrom(self, _size: int) -> tuple[bytes, tuple[str, int, int]]:
+    def recvmsg(
+        self, _size: int, _anc: int
+    ) -> tuple[bytes, list[tuple[int, int, bytes]], int, tuple[str, int, int]]:
         try:
-            frame = self.frames.get(timeout=0.05)
+            frame, at, kind = self.frames.get(timeout=0.05)
         except queue.Empty:
             raise TimeoutError from None
         self.seen.release()
-        return frame, ("veth", 0x0800, socket.PACKET_HOST)
+        anc = [] if at is None else timespec(int(at), round((at - int(at)) * 1e9))
+        return frame, anc, 0, ("veth", 0x0800, kind)
+
+    def getsockopt(self, level: int, name: int, size: int) -> bytes:
+        assert (level, name, size) == (SOL_PACKET, PACKET_STATISTICS, 8)
+        packed, self.stats = struct.pack("=II", *self.stats), (0, 0)  # reset on read
+        return packed
 
 
-def test_stopping_the_sender_keeps_the_receiver_for_replies_in_flight() -> None:
-    run = ProbeRun.__new__(ProbeRun)  # no AF_PACKET sockets: the receive loop alone
+def receiving(rx: FakeRx) -> tuple[ProbeRun, threading.Thread]:
+    """A ProbeRun without AF_PACKET sockets whose receive loop reads `rx`."""
+    run = ProbeRun.__new__(ProbeRun)
     run.init_state(TEMPLATE, 1000)
     run.send_ts.extend([0.0] * 9)
-    rx = FakeRx()
     run.rx = rx  # type: ignore[assignment]
     thread = threading.Thread(target=run.receive, daemon=True)
     thread.start()
-    rx.frames.put(as_reply(stamp(TEMPLATE, 7)))
+    return run, thread
+
+
+def test_stopping_the_sender_keeps_the_receiver_for_replies_in_flight() -> None:
+    rx = FakeRx()
+    run, thread = receiving(rx)
+    rx.frames.put((as_reply(stamp(TEMPLATE, 7)), None, socket.PACKET_HOST))
     assert rx.seen.acquire(timeout=5)
     run.sending = False  # what SIGTERM does: the last probes are still on their way back
-    rx.frames.put(as_reply(stamp(TEMPLATE, 8)))
+    rx.frames.put((as_reply(stamp(TEMPLATE, 8)), None, socket.PACKET_HOST))
     assert rx.seen.acquire(timeout=5)
     run.receiving = False  # what main() does after the drain
     thread.join(5)
     assert not thread.is_alive()
     assert list(run.reply_seq) == [7, 8]
     assert run.payload.as_dict()["checked"] == 2 and run.payload.as_dict()["corrupt"] == 0
+    assert run.unstamped == 2  # no kernel stamp: timed at the read
+
+
+def test_replies_take_the_kernels_stamp_and_our_own_requests_are_ignored() -> None:
+    rx = FakeRx()
+    run, thread = receiving(rx)
+    before = time.time()
+    rx.frames.put((as_reply(stamp(TEMPLATE, 3)), 1800000000.25, socket.PACKET_HOST))
+    # a copy of our own request (a kernel without PACKET_IGNORE_OUTGOING), even a reply-
+    # shaped one, is never counted
+    rx.frames.put((as_reply(stamp(TEMPLATE, 4)), 1800000000.5, socket.PACKET_OUTGOING))
+    rx.frames.put((as_reply(stamp(TEMPLATE, 5)), 1800000000.75, socket.PACKET_HOST))
+    for _ in range(3):
+        assert rx.seen.acquire(timeout=5)
+    run.receiving = False
+    thread.join(5)
+    assert list(run.reply_seq) == [3, 5]
+    assert list(run.reply_ts) == pytest.approx([1800000000.25, 1800000000.75], abs=1e-6)
+    # the read happened now: the lag is read time - the kernel's stamp
+    assert all(lag >= before - 1800000000.75 for lag in run.read_lag)
+    assert run.unstamped == 0
+
+
+@pytest.mark.parametrize(
+    ("anc", "expected"),
+    [
+        (timespec(1764151220, 123456789), 1764151220.123456789),
+        ([(socket.SOL_SOCKET, SO_TIMESTAMPNS, struct.pack("=ii", 1764151220, 5))], 1764151220.0),
+        # another control message first
+        ([(socket.SOL_SOCKET, 29, b"\0" * 16), *timespec(7, 500_000_000)], 7.5),
+        ([(socket.SOL_SOCKET, SO_TIMESTAMPNS, b"\0" * 4)], None),  # too short: no stamp
+        ([(SOL_PACKET, SO_TIMESTAMPNS, struct.pack("=qq", 1, 0))], None),  # not SOL_SOCKET
+        ([], None),
+    ],
+)  # fmt: skip
+def test_the_kernel_stamp_is_read_from_the_ancillary_data(
+    anc: list[tuple[int, int, bytes]], expected: float | None
+) -> None:
+    got = cmsg_time(anc)
+    assert got == (None if expected is None else pytest.approx(expected, abs=1e-6))
+
+
+def test_receive_drops_are_polled_with_when_and_dumped(tmp_path: Path) -> None:
+    rx = FakeRx()
+    run = ProbeRun.__new__(ProbeRun)
+    run.init_state(TEMPLATE, 1000)
+    run.rx = rx  # type: ignore[assignment]
+    run.rx_info.update(clock="kernel", ignore_outgoing=True, rcvbuf=1 << 20)
+    run.poll_stats()  # the first poll starts the clock; nothing dropped yet
+    rx.stats = (120, 0)
+    run.poll_stats()
+    rx.stats = (30, 4)  # tp_packets counts the dropped frames too
+    run.poll_stats()
+    run.poll_stats()
+    assert (run.packets, run.drops) == (150, 4)
+    assert len(run.drop_log) == 1 and run.drop_log[0][2] == 4
+    since, until, _ = run.drop_log[0]
+    assert since <= until
+    run.on_frame(as_reply(stamp(TEMPLATE, 0)), 10.0, 10.002)
+    out = tmp_path / "probe.json"
+    run.dump(out)
+    data = json.loads(out.read_text())
+    assert data["replies"] == [[0, 10.0]]
+    assert data["rx"]["drops"] == 4 and data["rx"]["packets"] == 150
+    assert data["rx"]["drop_log"] == run.drop_log and data["rx"]["clock"] == "kernel"
+    assert data["rx"]["read_lag_ms"] == [pytest.approx(2.0, abs=1e-3)]
 
 
 TCPDUMP = """\

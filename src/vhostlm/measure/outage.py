@@ -2,14 +2,24 @@
 
 The outage is what traffic saw: the largest gap between consecutive replies (the stream's
 start and end count as edges, so loss at either end and a stream that never recovers are
-gaps too). With a window (the migration), only gaps that overlap it are considered.
+gaps too). With a window (the switch-over of a migration), only gaps that overlap it are
+considered.
+
+Beside the figure, what it is worth: the noise floor (the reply gaps of the steady stream
+before the migration), the outage's uncertainty, whether the tester itself stopped sending
+during it (`send_gap_ms`), and how many replies the tester's own receive socket dropped
+(`tester_drops`): neither of the last two is the guest's doing.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+STALL_INTERVALS = 3  # a send gap longer than this many probe intervals is a tester stall
+MARGIN_INTERVALS = 3  # the window opens this many intervals (plus the noise p99) before STOP
 
 
 @dataclass(frozen=True)
@@ -26,9 +36,37 @@ class StreamFigures:
     outage_end: float
     resolution_ms: float
     lost_outside_window: int
+    noise_ms: dict[str, float] = field(default_factory=dict)  # {p99, max} before migrate
+    send_gap_ms: float = 0.0  # the largest gap between sends overlapping the outage
+    send_gap_edges_ms: list[float] = field(default_factory=list)  # [at its start, end]
+    outage_uncertainty_ms: float = 0.0  # the true outage is in [outage - this, outage]
+    below_noise: bool = False  # the outage is no larger than a steady-state gap
+    precopy_max_gap_ms: float | None = None  # migrate -> STOP - margin, apart from it
+    tester_drops: int = 0  # replies the tester's receive socket dropped, all stream long
+    tester_drops_in_window: int = 0  # of those, in a span touching an outage window
+    lost_outside_at: list[float] = field(default_factory=list)  # their send times (20)
+    # lost while the precopy ran (migrate -> window): the migration's doing (its CPU and
+    # a throttled guest under auto-converge), reported, not counted as unexplained loss
+    lost_during_precopy: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for results.json."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EdgeFigures:
+    """What one outage gap is worth: the figures `analyse` adds to it, per window."""
+
+    send_gap_ms: float
+    send_gap_edges_ms: list[float]
+    outage_uncertainty_ms: float
+    below_noise: bool
+    precopy_max_gap_ms: float | None
+    tester_drops_in_window: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for results.json (a leg's figures)."""
         return asdict(self)
 
 
@@ -52,22 +90,148 @@ def count_duplicates_reordered(seqs: Sequence[int]) -> tuple[int, int]:
     return duplicates, reordered
 
 
+def _overlaps(a: float, b: float, span: tuple[float, float]) -> bool:
+    return not (b < span[0] or a > span[1])
+
+
 def largest_gap(
-    times: Sequence[float], start: float, end: float, window: tuple[float, float] | None = None
+    times: Sequence[float],
+    start: float,
+    end: float,
+    window: tuple[float, float] | None = None,
+    avoid: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
     """(gap start, gap end) of the largest gap between `start`, sorted `times` and `end`.
 
     With `window`, only gaps overlapping it count (a gap wholly before or after is normal
-    traffic, not the migration's outage).
+    traffic, not the migration's outage); a gap overlapping `avoid` never counts.
     """
     edges = [start, *sorted(times), max(end, times[-1] if times else end)]
     best = (start, start)
     for a, b in zip(edges, edges[1:], strict=False):
-        if window is not None and (b < window[0] or a > window[1]):
+        if window is not None and not _overlaps(a, b, window):
+            continue
+        if avoid is not None and _overlaps(a, b, avoid):
             continue
         if b - a > best[1] - best[0]:
             best = (a, b)
     return best
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank `q`-th percentile of `values` (0.0 for none): a value seen."""
+    if not values:
+        return 0.0
+    ranked = sorted(values)
+    rank = max(1, -(-len(ranked) * q // 100))  # ceil(n q / 100), at least the first
+    return ranked[int(rank) - 1]
+
+
+def noise_floor(times: Sequence[float], until: float | None) -> dict[str, float]:
+    """{p99, max} in ms of the gaps between consecutive replies arriving before `until`
+    (the steady stream before the first migrate; None: the whole stream).
+
+    Under TCG the guest answers in bursts (a vCPU runs a time slice, then another), so
+    this is far above the probe interval: a gap no larger is not a measured outage."""
+    steady = sorted(t for t in times if until is None or t < until)
+    gaps = [(b - a) * 1000.0 for a, b in zip(steady, steady[1:], strict=False)]
+    return {"p99": round(percentile(gaps, 99), 3), "max": round(max(gaps, default=0.0), 3)}
+
+
+def send_gap(send_ts: Sequence[float], span: tuple[float, float]) -> float:
+    """The largest gap (s) between consecutive sends that overlaps `span`."""
+    best = 0.0
+    for a, b in zip(send_ts, send_ts[1:], strict=False):
+        if b - a > best and _overlaps(a, b, span):
+            best = b - a
+    return best
+
+
+def switch_window(
+    marks: dict[str, float], first: float, last: float, pps: float, noise_p99_ms: float,
+    settle_s: float,
+) -> tuple[tuple[float, float], tuple[float, float] | None]:  # fmt: skip
+    """(outage window, precopy span or None) of one migration from its marks.
+
+    The window is [source STOP - margin, destination RESUME + settle]: the guest can only
+    be cut off around the switch-over, so a hiccup during the precopy (seconds long, the
+    guest running on the source) is reported apart, never taken for the outage. The margin,
+    MARGIN_INTERVALS probe intervals plus the noise p99, keeps the last replies before
+    STOP (still on their way back, or late in a burst) inside. Without a STOP (cancelled,
+    failed) the window is the whole migration, as before: [migrate, end + settle]."""
+    margin = MARGIN_INTERVALS / pps + noise_p99_ms / 1000.0 if pps > 0 else 0.0
+    end = marks.get("resume", marks.get("cancelled", marks.get("completed", last)))
+    migrate = marks.get("migrate", first)
+    if "stop" not in marks:
+        return (migrate, end + settle_s), None
+    start = marks["stop"] - margin
+    precopy = (migrate, start) if start > migrate else None
+    return (start, end + settle_s), precopy
+
+
+def _send_after(send_ts: Sequence[float], seq: int) -> float:
+    """The gap (s) from probe `seq`'s send to the next probe's (0 past either end)."""
+    return send_ts[seq + 1] - send_ts[seq] if 0 <= seq < len(send_ts) - 1 else 0.0
+
+
+def edge_figures(
+    send_ts: Sequence[float],
+    ordered: Sequence[tuple[float, int]],
+    gap: tuple[float, float],
+    window: tuple[float, float],
+    precopy: tuple[float, float] | None,
+    noise: dict[str, float],
+    pps: float,
+    drops: Sequence[Sequence[float]] = (),
+) -> EdgeFigures:
+    """What the outage `gap` (picked in `window`) is worth; `ordered`: (arrival, seq) of
+    the valid replies, by arrival.
+
+    Let probe j be the last answered before the gap and k the first answered after it.
+    The path broke after j's request passed, before j+1's: somewhere in one send gap
+    e_start = s(j+1) - s(j). When k was answered at once (a round trip within the noise
+    p99 plus an interval), the path mended somewhere in e_end = s(k) - s(k-1); when k was
+    held across the switch-over and answered as the guest ran again (what vhost-user does
+    with requests queued in the ring), the guest set the end and e_end = 0. The measured
+    gap G = r(k) - r(j) therefore exceeds the true outage T by at most e_start + e_end
+    plus the round trips' difference, which in steady state stays within the noise p99
+    (the guest answers in bursts under TCG: a reply waits up to one burst period). Hence
+    `outage_uncertainty_ms` = max(interval, e_start) + max(interval, e_end) + noise p99:
+    T is G within that. Each edge's send gap is also returned (`send_gap_edges_ms`): a
+    tester that stalled there moved the edge by as much (a stall in the middle of the gap
+    does not: the probes after it were still unanswered). `send_gap_ms` is the largest
+    send gap anywhere in the gap. The outage is `below_noise` when G is no larger than
+    the largest gap the steady stream showed with no migration at all (noise max): it
+    cannot be told from the noise. `drops`: the tester's receive drops as [since, until,
+    count] spans; those touching `window` are counted."""
+    interval = 1.0 / pps if pps > 0 else 0.0
+    times = [t for t, _ in ordered]
+    lo = bisect.bisect_right(times, gap[0]) - 1  # the reply at the gap's start, if any
+    hi = bisect.bisect_left(times, gap[1])  # the reply at its end, if any
+    before = max((s for _, s in ordered[: lo + 1]), default=-1) if lo >= 0 else -1
+    e_start = _send_after(send_ts, before) if before >= 0 else 0.0
+    e_end = 0.0
+    if hi < len(ordered):
+        arrival, k = ordered[hi]
+        # a request answered at once set the gap's end (sent late, it ended it late); one
+        # held across the switch-over and answered when the guest ran again did not
+        prompt = arrival - send_ts[k] <= max(interval, noise.get("p99", 0.0) / 1000) + interval
+        e_end = _send_after(send_ts, k - 1) if prompt else 0.0
+    outage_ms = round((gap[1] - gap[0]) * 1000.0, 3)  # as reported, as the noise is
+    precopy_ms = None
+    if precopy is not None:
+        pre = largest_gap(times, send_ts[0], send_ts[-1], precopy, avoid=window)
+        precopy_ms = round((pre[1] - pre[0]) * 1000.0, 3)
+    in_window = sum(int(n) for a, b, n in drops if _overlaps(a, b, window))
+    uncertainty = max(interval, e_start) + max(interval, e_end) + noise.get("p99", 0.0) / 1000
+    return EdgeFigures(
+        send_gap_ms=round(send_gap(send_ts, gap) * 1000.0, 3),
+        send_gap_edges_ms=[round(e_start * 1000.0, 3), round(e_end * 1000.0, 3)],
+        outage_uncertainty_ms=round(uncertainty * 1000.0, 3),
+        below_noise=outage_ms <= noise.get("max", 0.0),
+        precopy_max_gap_ms=precopy_ms,
+        tester_drops_in_window=in_window,
+    )
 
 
 def analyse(
@@ -75,11 +239,20 @@ def analyse(
     replies: Sequence[tuple[int, float]],
     pps: float,
     windows: Sequence[tuple[float, float]] = (),
+    *,
+    baseline_end: float | None = None,
+    precopy: Sequence[tuple[float, float] | None] = (),
+    drops: Sequence[Sequence[float]] = (),
+    tester_drops: int | None = None,
 ) -> StreamFigures:
     """Figures of a stream: probes sent at `send_ts`, replies as (seq, arrival) in order.
 
     With `windows` (one per migration), the outage is the largest gap overlapping any of
-    them and `lost_outside_window` counts probes lost outside all of them.
+    them and `lost_outside_window` counts probes lost outside all of them (and outside the
+    outage gaps, less a noise p99 before each: a request sent then was answered in it).
+    `baseline_end`: the first migrate (the noise floor is the replies before it; None:
+    the whole stream); `precopy`: each window's precopy span; `drops`: the tester's receive
+    drops as [since, until, count]; `tester_drops`: their total (default: their sum).
     """
     resolution_ms = 1000.0 / pps if pps > 0 else 0.0
     sent = len(send_ts)
@@ -87,19 +260,32 @@ def analyse(
     duplicates, reordered = count_duplicates_reordered([s for s, _ in valid])
     answered = {s for s, _ in valid}
     lost = sent - len(answered)
+    total_drops = int(sum(n for _, _, n in drops)) if tester_drops is None else tester_drops
     if sent == 0:
-        return StreamFigures(0, 0, 0, duplicates, reordered, 0.0, 0.0, 0.0, resolution_ms, 0)
-    times = [t for _, t in valid]
-    gaps = [largest_gap(times, send_ts[0], send_ts[-1], w) for w in windows] or [
-        largest_gap(times, send_ts[0], send_ts[-1])
-    ]
-    gap = max(gaps, key=lambda g: g[1] - g[0])
-    spans = [*windows, *gaps] if windows else []
-    outside = sum(
-        1
+        return StreamFigures(
+            0, 0, 0, duplicates, reordered, 0.0, 0.0, 0.0, resolution_ms, 0,
+            tester_drops=total_drops,
+        )  # fmt: skip
+    ordered = sorted((t, s) for s, t in valid)
+    times = [t for t, _ in ordered]
+    noise = noise_floor(times, baseline_end)
+    edges = (send_ts[0], send_ts[-1])
+    spans: list[tuple[float, float] | None] = [*windows] or [None]
+    gaps = [largest_gap(times, *edges, w) for w in spans]
+    pick = max(range(len(gaps)), key=lambda i: gaps[i][1] - gaps[i][0])
+    gap = gaps[pick]
+    window = spans[pick] or (edges[0], edges[1])
+    pre = precopy[pick] if pick < len(precopy) else None
+    edge = edge_figures(send_ts, ordered, gap, window, pre, noise, pps, drops)
+    lead = max(resolution_ms, noise["p99"]) / 1000.0
+    covered = [*windows, *((a - lead, b) for a, b in gaps)] if windows else []
+    unexplained = [
+        ts
         for seq, ts in enumerate(send_ts)
-        if seq not in answered and spans and not any(lo <= ts <= hi for lo, hi in spans)
-    )
+        if seq not in answered and covered and not any(lo <= ts <= hi for lo, hi in covered)
+    ]
+    spans_pre = [p for p in precopy if p is not None]
+    outside = [t for t in unexplained if not any(lo <= t <= hi for lo, hi in spans_pre)]
     return StreamFigures(
         sent=sent,
         replies=len(valid) - duplicates,
@@ -110,5 +296,19 @@ def analyse(
         outage_start=gap[0],
         outage_end=gap[1],
         resolution_ms=round(resolution_ms, 3),
-        lost_outside_window=outside,
+        lost_outside_window=len(outside),
+        noise_ms=noise,
+        send_gap_ms=edge.send_gap_ms,
+        send_gap_edges_ms=edge.send_gap_edges_ms,
+        outage_uncertainty_ms=edge.outage_uncertainty_ms,
+        below_noise=edge.below_noise,
+        precopy_max_gap_ms=edge.precopy_max_gap_ms,
+        tester_drops=total_drops,
+        tester_drops_in_window=sum(
+            int(n) for a, b, n in drops if any(_overlaps(a, b, w) for w in windows)
+        )
+        if windows
+        else total_drops,
+        lost_outside_at=[round(t, 6) for t in outside[:20]],
+        lost_during_precopy=len(unexplained) - len(outside),
     )

@@ -5,11 +5,21 @@ Run on the tester (copied there by `Tester`) as `python probe.py`: stdlib only, 
 for the template. scapy builds the frame once; each probe gets its 64-bit sequence
 number in the payload (ICMP's own 16-bit sequence wraps after a minute at 1000 pps),
 then a body derived from that number, and is sent on a raw AF_PACKET socket, paced in
-small batches so the rate holds at thousands per second. A receive thread stamps every
+small batches so the rate holds at thousands per second. A receive thread takes every
 echo reply carrying the magic and checks its payload against its own sequence number:
 vhost-user migration's real bugs are guest pages the backend wrote but nobody marked
 dirty, and a reply echoed from such a stale receive buffer carries the wrong bytes. On
 SIGTERM it writes all send and reply times and the payload findings as JSON.
+
+Clocks: a reply's time is the kernel's receive stamp (SO_TIMESTAMPNS, CLOCK_REALTIME,
+taken when the frame reached the tester's interface), so a stalled receive thread does not
+read as a gap in the guest's replies; the user-space read time is kept beside it (the
+receive lag). A send time is time.time() right after send() returns (an AF_PACKET send on a
+veth or NIC queue returns once the frame is handed to the driver). The kernel drops of the
+receive socket (PACKET_STATISTICS) are polled every 0.1 s and dumped with when they
+happened: a dropped reply is the tester's loss, never the guest's. The socket's copies of
+our own requests are dropped in the kernel (PACKET_IGNORE_OUTGOING, Linux 4.20), else by
+their packet type.
 
 Payload (the ICMP data) of probe S, `size` bytes of frame in all:
 
@@ -39,6 +49,14 @@ from typing import Any
 
 MAGIC = b"VHLP"
 ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_STATISTICS = 6  # struct tpacket_stats {unsigned tp_packets, tp_drops}; reset on read
+PACKET_IGNORE_OUTGOING = 23  # Linux >= 4.20
+SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD; its control message, SCM_TIMESTAMPNS, is the same
+SO_RCVBUFFORCE = 33  # root may go past net.core.rmem_max
+RCVBUF = 8 << 20
+ANC_SPACE = socket.CMSG_SPACE(16)  # one struct timespec of two 64-bit fields
+STATS_EVERY_S = 0.1
 IP_OFF = 14
 ICMP_OFF = IP_OFF + 20
 DATA_OFF = ICMP_OFF + 8
@@ -297,6 +315,58 @@ class PayloadCheck:
         }
 
 
+def cmsg_time(ancdata: list[tuple[int, int, bytes]]) -> float | None:
+    """The kernel's receive stamp (epoch seconds) in recvmsg's ancillary data, or None.
+
+    SCM_TIMESTAMPNS carries a struct timespec {tv_sec; tv_nsec} of two C longs: 16 bytes
+    on a 64-bit kernel, 8 on a 32-bit one (SO_TIMESTAMPNS_OLD)."""
+    for level, kind, data in ancdata:
+        if level != socket.SOL_SOCKET or kind != SO_TIMESTAMPNS:
+            continue
+        if len(data) >= 16:
+            sec, nsec = struct.unpack_from("=qq", data)
+        elif len(data) >= 8:
+            sec, nsec = struct.unpack_from("=ii", data)
+        else:
+            continue
+        return float(sec) + float(nsec) / 1e9
+    return None
+
+
+def open_rx(iface: str) -> tuple[socket.socket, dict[str, Any]]:
+    """The receive socket on `iface`, kernel-stamped, and what it could be given.
+
+    {"clock": "kernel" | "user", "ignore_outgoing": bool, "rcvbuf": bytes}: a kernel
+    without SO_TIMESTAMPNS leaves the user-space read time as the reply's, one without
+    PACKET_IGNORE_OUTGOING our own requests to be dropped by their packet type."""
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    info: dict[str, Any] = {"clock": "kernel", "ignore_outgoing": True}
+    try:
+        rx.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    except OSError:
+        info["ignore_outgoing"] = False
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    except OSError:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    info["rcvbuf"] = rx.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        info["clock"] = "user"
+    rx.bind((iface, 0))
+    rx.settimeout(0.2)
+    return rx, info
+
+
+def read_stats(sock: socket.socket) -> tuple[int, int]:
+    """(packets, drops) of an AF_PACKET socket since the last read (the kernel resets them):
+    packets counts the dropped ones too."""
+    raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+    packets, drops = struct.unpack("=II", raw)
+    return int(packets), int(drops)
+
+
 class ProbeRun:
     """Sender and receiver of one probe stream, with everything they saw."""
 
@@ -304,10 +374,9 @@ class ProbeRun:
         self.init_state(template, pps)
         self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
         self.tx.bind((iface, 0))
-        self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self.rx.bind((iface, 0))
-        self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.rx.settimeout(0.2)
+        self.rx, info = open_rx(iface)
+        self.rx_info.update(info)
+        self.poll_stats()  # from zero: the socket may have queued frames before the bind
 
     def init_state(self, template: bytes, pps: float) -> None:
         """Everything but the sockets (so tests can drive the receive side alone)."""
@@ -316,15 +385,23 @@ class ProbeRun:
         self.send_ts = array("d")
         self.reply_seq = array("q")
         self.reply_ts = array("d")
+        self.read_lag = array("d")  # user-space read time - reply time, per reply (s)
         self.payload = PayloadCheck(len(template))
+        # what the receive socket told: empty without one (a test driving on_frame alone)
+        self.rx_info: dict[str, Any] = {}
+        self.unstamped = 0  # replies without a kernel stamp (timed at the read)
+        self.packets = self.drops = 0
+        self.drop_log: list[list[float]] = []  # [since, until, drops]: found by a poll
+        self._polled = 0.0
         # two flags: SIGTERM ends the sending only; one shared flag let the receive thread
         # see it first and quit, so the replies still in flight were counted as lost
         self.sending = True
         self.receiving = True
 
-    def on_frame(self, frame: bytes, now: float) -> int | None:
-        """Take one received frame: a probe reply is stamped and its payload checked.
-        Returns the reply's sequence number, None for any other frame."""
+    def on_frame(self, frame: bytes, now: float, read: float | None = None) -> int | None:
+        """Take one received frame (that reached us at `now`, was read at `read`): a probe
+        reply is recorded and its payload checked. Returns the reply's sequence number,
+        None for any other frame."""
         parsed = parse_reply(frame)
         if parsed is None:
             return None
@@ -333,21 +410,37 @@ class ProbeRun:
         self.payload.check(frame, icmp, seq, len(self.send_ts) + 1)
         self.reply_seq.append(seq)
         self.reply_ts.append(now)
+        self.read_lag.append(0.0 if read is None else read - now)
         return seq
 
     def receive(self) -> None:
-        """Stamp every echo reply until stopped (runs in its own thread)."""
+        """Take every echo reply until stopped (runs in its own thread), at the kernel's
+        receive stamp when there is one."""
         while self.receiving:
             try:
-                frame, addr = self.rx.recvfrom(2048)
+                frame, anc, _flags, addr = self.rx.recvmsg(2048, ANC_SPACE)
             except TimeoutError:
                 continue
             except OSError:
                 break
-            now = time.time()
-            if addr[2] == socket.PACKET_OUTGOING:
+            read = time.time()
+            if addr[2] == socket.PACKET_OUTGOING:  # a kernel without PACKET_IGNORE_OUTGOING
                 continue
-            self.on_frame(frame, now)
+            kernel = cmsg_time(anc)
+            seq = self.on_frame(frame, read if kernel is None else kernel, read)
+            if kernel is None and seq is not None:
+                self.unstamped += 1  # timed at the read: a receive stall shows in it
+
+    def poll_stats(self) -> None:
+        """Add the receive socket's kernel counters since the last poll; drops are logged
+        with the span they happened in."""
+        now = time.time()
+        packets, drops = read_stats(self.rx)
+        self.packets += packets
+        self.drops += drops
+        if drops and self._polled:
+            self.drop_log.append([self._polled, now, drops])
+        self._polled = now
 
     def send(self, count: int) -> None:
         """Send at `pps` in small batches until stopped (or `count` probes)."""
@@ -362,7 +455,8 @@ class ProbeRun:
                 self.tx.send(stamp(self.template, seq))
                 self.send_ts.append(time.time())
             now = time.monotonic()
-            if now - last_report >= 0.1:
+            if now - last_report >= STATS_EVERY_S:
+                self.poll_stats()
                 print(f"sent {len(self.send_ts)} replies {len(self.reply_ts)}", flush=True)
                 last_report = now
             time.sleep(min(0.001, max(0.0, start + due / self.pps - time.monotonic())))
@@ -384,6 +478,20 @@ class ProbeRun:
             "replies": [[s, t] for s, t in zip(self.reply_seq, self.reply_ts, strict=False)],
             "payload": self.payload.as_dict(),
         }
+        if self.rx_info:  # what the receive socket said (there was one)
+            clock = self.rx_info.get("clock", "user")
+            if self.unstamped:
+                clock = "user" if self.unstamped == len(self.reply_ts) else "mixed"
+            data["rx"] = {
+                **self.rx_info,
+                "clock": clock,
+                "send_clock": "user: time.time() right after send()",
+                "unstamped": self.unstamped,
+                "packets": self.packets,
+                "drops": self.drops,
+                "drop_log": self.drop_log,
+                "read_lag_ms": [round(lag * 1000, 3) for lag in self.read_lag],
+            }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
@@ -426,9 +534,16 @@ def main(argv: list[str] | None = None) -> int:
     run.drain(0.5)
     run.receiving = False
     receiver.join(1)
+    run.poll_stats()
     run.dump(args.out)
     p = run.payload
     print(f"total sent {len(run.send_ts)} replies {len(run.reply_ts)}", flush=True)
+    print(
+        f"receive socket packets {run.packets} drops {run.drops} "
+        f"clock {run.rx_info.get('clock')} unstamped {run.unstamped} "
+        f"ignore_outgoing {run.rx_info.get('ignore_outgoing')}",
+        flush=True,
+    )
     print(
         f"payload checked {p.checked} corrupt {p.corrupt} foreign {p.foreign} "
         f"truncated {p.truncated}",

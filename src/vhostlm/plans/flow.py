@@ -33,7 +33,7 @@ from vhostlm.plans.integrity import IntegrityWatch
 from vhostlm.plans.leg import Migration, Side, leg_step_names
 from vhostlm.plans.spec import CaseSpec
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
-from vhostlm.plans.traffic import Traffic, check_limits
+from vhostlm.plans.traffic import Traffic, check_limits, check_measurement
 from vhostlm.report.results import CaseResult, IntegrityFigures, StepResult
 from vhostlm.rundir import RunDir
 
@@ -414,6 +414,11 @@ class CaseFlow:
         parts.append(f"{len(figures.anomalies)} log warnings")
         step.detail = ", ".join(parts)
 
+    def outage_sound(self, step: StepResult) -> None:
+        """The outage is the guest's: the tester neither stalled nor dropped at its edges,
+        no probe was lost where the migration does not explain it; its uncertainty."""
+        step.detail = check_measurement(self.result.measure)
+
     def within_limits(self, step: StepResult) -> None:
         """--max-outage-ms / --max-loss against the measured figures."""
         opts = self.env.options
@@ -426,6 +431,10 @@ def _loads(spec: CaseSpec, _options: Any) -> bool:
 
 def _memcheck(_spec: CaseSpec, options: Any) -> bool:
     return bool(options.memcheck_region_mb)
+
+
+def _probes(_spec: CaseSpec, options: Any) -> bool:
+    return bool(options.probes)
 
 
 def _limited(_spec: CaseSpec, options: Any) -> bool:
@@ -446,6 +455,7 @@ BEFORE: tuple[StepDef[CaseFlow], ...] = (
 )
 AFTER: tuple[StepDef[CaseFlow], ...] = (
     StepDef(INTACT_STEP, CaseFlow.guest_intact),
+    StepDef("outage_sound", CaseFlow.outage_sound, when=_probes),
     StepDef("within_limits", CaseFlow.within_limits, when=_limited),
 )
 

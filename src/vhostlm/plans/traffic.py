@@ -12,9 +12,15 @@ from dataclasses import asdict
 from typing import Any
 
 from vhostlm.addresses import GUEST_IP, GUEST_MAC, TESTER_IP
-from vhostlm.errors import StepFailed
+from vhostlm.errors import SetupError, StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements, tcpdump_argv
-from vhostlm.measure.outage import analyse, largest_gap
+from vhostlm.measure.outage import (
+    STALL_INTERVALS,
+    analyse,
+    noise_floor,
+    percentile,
+    switch_window,
+)
 from vhostlm.measure.payload import payload_figures
 from vhostlm.measure.tester import PROGRESS_RE, Tester
 from vhostlm.nodes.base import NodeProcess
@@ -24,6 +30,11 @@ from vhostlm.report.results import MigrationFigures
 # After RESUME the path settles (vhost queues restart, the switch relearns): losses then
 # still belong to the switch-over, not to the tester or the steady state.
 SETTLE_S = 1.0
+# what each leg of `measure.legs` carries of its own outage (the top level: the worst leg's)
+LEG_KEYS = (
+    "outage_ms", "outage_start", "outage_end", "send_gap_ms", "send_gap_edges_ms",
+    "outage_uncertainty_ms", "below_noise", "precopy_max_gap_ms", "tester_drops_in_window",
+)  # fmt: skip
 
 
 def event_time(event: dict[str, Any]) -> float:
@@ -150,31 +161,59 @@ class Traffic:
         if not data.get("sent"):
             measure["legs"] = legs
             return measure
-        send_ts = data["send_ts"]
-        replies = [(int(s), float(t)) for s, t in data["replies"]]
-        times = [t for _, t in replies]
-        windows = []
-        for marks, leg in zip(self.legs, legs, strict=False):
-            end = marks.get("resume", marks.get("cancelled", marks.get("completed", send_ts[-1])))
-            window = (marks.get("migrate", send_ts[0]), end + SETTLE_S)
-            windows.append(window)
-            gap = largest_gap(times, send_ts[0], send_ts[-1], window)
-            leg.update(window=list(window), outage_ms=round((gap[1] - gap[0]) * 1000, 3),
-                       outage_start=gap[0], outage_end=gap[1])  # fmt: skip
-        measure.update(analyse(send_ts, replies, self.pps, windows).as_dict())
-        measure["window"] = list(windows[0]) if windows else None
+        part, per_leg = probe_figures(data, self.legs, self.pps)
+        for leg, extra in zip(legs, per_leg, strict=False):
+            leg.update(extra)
+        measure.update(part)
         measure["legs"] = legs
-        t0 = float(data["t0"])
-        first = self.legs[0] if self.legs else {}
-        measure["timeline"] = {
-            "t0": t0,
-            "reply_ms": [round((t - t0) * 1000, 3) for t in sorted(times)],
-            "marks_ms": {k: round((v - t0) * 1000, 3) for k, v in first.items()},
-            "legs_marks_ms": [
-                {k: round((v - t0) * 1000, 3) for k, v in marks.items()} for marks in self.legs
-            ],
-        }
         return measure
+
+
+def probe_figures(
+    data: dict[str, Any], legs_marks: list[dict[str, float]], pps: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the `measure` figures, each leg's own) of a probe dump and the legs' marks.
+
+    Each leg's window is [STOP - margin, RESUME + SETTLE_S] (`switch_window`, the margin
+    from the noise of the replies before the first migrate); the top level has the worst
+    leg's outage, the noise floor, the tester's drops and receive lag, the timeline."""
+    send_ts = data["send_ts"]
+    replies = [(int(s), float(t)) for s, t in data["replies"]]
+    times = sorted(t for _, t in replies)
+    rx = data.get("rx") or {}
+    drops = [tuple(d) for d in rx.get("drop_log", [])]
+    total_drops = int(rx.get("drops", 0))
+    baseline_end = legs_marks[0].get("migrate") if legs_marks else None
+    noise = noise_floor(times, baseline_end)
+    windows, precopies, per_leg = [], [], []
+    for marks in legs_marks:
+        window, precopy = switch_window(marks, send_ts[0], send_ts[-1], pps, noise["p99"], SETTLE_S)
+        windows.append(window)
+        precopies.append(precopy)
+        one = analyse(send_ts, replies, pps, [window], baseline_end=baseline_end,
+                      precopy=[precopy], drops=drops, tester_drops=total_drops)  # fmt: skip
+        figures = {k: v for k, v in one.as_dict().items() if k in LEG_KEYS}
+        per_leg.append({"window": list(window), **figures})
+    whole = analyse(send_ts, replies, pps, windows, baseline_end=baseline_end,
+                    precopy=precopies, drops=drops, tester_drops=total_drops)  # fmt: skip
+    measure = whole.as_dict()
+    measure["timestamps"] = rx.get("clock", "user")
+    lags = rx.get("read_lag_ms") or []
+    measure["receive_lag_ms"] = {
+        "p99": round(percentile(lags, 99), 3), "max": round(max(lags, default=0.0), 3)
+    }  # fmt: skip
+    measure["window"] = list(windows[0]) if windows else None
+    t0 = float(data["t0"])
+    first = legs_marks[0] if legs_marks else {}
+    measure["timeline"] = {
+        "t0": t0,
+        "reply_ms": [round((t - t0) * 1000, 3) for t in times],
+        "marks_ms": {k: round((v - t0) * 1000, 3) for k, v in first.items()},
+        "legs_marks_ms": [
+            {k: round((v - t0) * 1000, 3) for k, v in marks.items()} for marks in legs_marks
+        ],
+    }
+    return measure, per_leg
 
 
 def check_limits(measure: dict[str, Any], max_outage_ms: float | None, max_loss: int | None) -> str:
@@ -187,3 +226,75 @@ def check_limits(measure: dict[str, Any], max_outage_ms: float | None, max_loss:
     if max_loss is not None and lost > max_loss:
         raise StepFailed(f"{lost} probes lost exceeds --max-loss {max_loss}")
     return f"outage {outage:.3f} ms, {lost} probes lost: within limits"
+
+
+def _stalls(figures: dict[str, Any], interval_ms: float, noise_p99: float) -> list[str]:
+    """The edges of one outage at which the tester stopped sending for longer than
+    STALL_INTERVALS probe intervals and the steady stream's noise p99 (which the
+    uncertainty already allows for), in words."""
+    limit = max(STALL_INTERVALS * interval_ms, noise_p99)
+    edges = figures.get("send_gap_edges_ms") or []
+    return [
+        f"the tester stopped sending for {gap:.0f} ms at the {where} of the outage"
+        for where, gap in zip(("start", "end"), edges, strict=False)
+        if gap > limit
+    ]
+
+
+def check_measurement(measure: dict[str, Any]) -> str:
+    """Is the outage figure the guest's? The step after the last migration of a probe case.
+
+    SetupError (verdict error: the figure says nothing about the guest) when the tester
+    stalled at an edge of an outage (moving that edge by as much) or its receive socket
+    dropped frames in an outage window; StepFailed when probes were lost outside every
+    window (loss the migration does not explain). Else the outage in words: its
+    uncertainty, the noise floor, whether it is below it."""
+    if "outage_ms" not in measure:
+        raise StepFailed("no probe figures to check (the tester sent nothing)")
+    interval = float(measure.get("resolution_ms") or 0.0)
+    noise = measure.get("noise_ms") or {}
+    p99, top = float(noise.get("p99", 0.0)), float(noise.get("max", 0.0))
+    legs = [leg for leg in measure.get("legs") or [] if "outage_ms" in leg] or [measure]
+    faults: list[str] = []
+    for n, leg in enumerate(legs):
+        where = f" (migration {n + 1})" if len(legs) > 1 else ""
+        faults += [f"{why}{where}" for why in _stalls(leg, interval, p99)]
+        drops = int(leg.get("tester_drops_in_window") or 0)
+        if drops:
+            faults.append(
+                f"the tester's receive socket dropped {drops} frames in the outage window{where}"
+            )
+    outage = float(measure["outage_ms"])
+    if faults:
+        raise SetupError(
+            f"{'; '.join(faults)}: the {outage:.0f} ms outage is the tester's, not only the guest's"
+        )
+    outside = int(measure.get("lost_outside_window") or 0)
+    if outside:
+        t0 = float((measure.get("timeline") or {}).get("t0") or 0.0)
+        at = measure.get("lost_outside_at") or []
+        when = ", ".join(f"{t - t0:.3f}" for t in at[:5]) + (", ..." if outside > 5 else "")
+        window = measure.get("window") or [t0, t0]
+        raise StepFailed(
+            f"{outside} probes lost outside the switch-over window "
+            f"({window[0] - t0:.3f}-{window[1] - t0:.3f} s): sent at {when} s after the "
+            "first probe"
+        )
+    detail = (
+        f"outage {outage:.1f} ms ± {float(measure.get('outage_uncertainty_ms') or 0):.1f} ms"
+        f" (noise p99 {p99:.1f} ms, max {top:.1f} ms; timestamps "
+        f"{measure.get('timestamps', 'user')}; {int(measure.get('tester_drops') or 0)} "
+        "tester drops)"
+    )
+    precopy_lost = int(measure.get("lost_during_precopy") or 0)
+    if precopy_lost:
+        detail += f"; {precopy_lost} probes lost during the precopy"
+    if measure.get("below_noise"):
+        detail += ": below the noise floor, no larger than a gap of the steady stream"
+    paused = float(measure.get("send_gap_ms") or 0.0)
+    if paused > max(STALL_INTERVALS * interval, p99):  # more than its usual hiccups
+        detail += f"; the tester paused {paused:.0f} ms inside it, not at its edges"
+    pre = measure.get("precopy_max_gap_ms")
+    if pre is not None:
+        detail += f"; largest gap during the precopy {float(pre):.1f} ms"
+    return detail

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
-from vhostlm.report.figures import mib, seconds_text
+from vhostlm.report.figures import case_measure, mib, number, seconds_text
 from vhostlm.report.results import VERDICTS, CaseResult, RunResult
 
 _HEADERS = ("case", "step", "verdict", "detail")
@@ -56,9 +57,33 @@ def _case_lines(case: CaseResult, color: bool) -> list[str]:
         f"RAM {mib(m.ram_transferred_bytes):.1f} MiB; traffic sent {t.sent}, "
         f"before {t.received_before}, during {t.received_during}, after {t.received_after}"
     ]
+    outage = _outage_line(case)
+    if outage:
+        lines.append(outage)
     if case.reason and case.verdict != "pass":
         lines.append(f"  reason: {_one_line(case.reason, limit=200)}")
     return lines
+
+
+def _outage_line(case: CaseResult) -> str | None:
+    """The probe outage with what it is worth (uncertainty, noise floor), or None without
+    one: a figure read without its noise floor is read as more precise than it is."""
+    m = case_measure(case)
+    outage, spread = number(m.get("outage_ms")), number(m.get("outage_uncertainty_ms"))
+    if outage is None or spread is None:
+        return None
+    raw = m.get("noise_ms")
+    noise: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    p99, top = number(noise.get("p99")), number(noise.get("max"))
+    line = f"  outage {outage:.1f} ms ± {spread:.1f} ms"
+    if p99 is not None and top is not None:
+        line += f" (noise p99 {p99:.1f} ms, max {top:.1f} ms)"
+    if m.get("below_noise") is True:
+        line += ": below the noise floor"
+    pre = number(m.get("precopy_max_gap_ms"))
+    if pre is not None:
+        line += f"; largest precopy gap {pre:.1f} ms"
+    return line
 
 
 def _result_line(result: RunResult, color: bool) -> str:

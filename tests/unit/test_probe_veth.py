@@ -1,0 +1,87 @@
+"""probe.py for real on a veth pair between two network namespaces this test makes.
+
+The far namespace's kernel answers the echo requests. What only a real AF_PACKET socket
+can show: replies carry the kernel's receive stamps (SO_TIMESTAMPNS), our own requests are
+never taken for replies (PACKET_IGNORE_OUTGOING), PACKET_STATISTICS is read, and every
+payload comes back intact. Needs root and `ip`; about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vhostlm.measure import probe
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
+)
+
+NEAR_IP, FAR_IP = "198.18.254.1", "198.18.254.2"  # 198.18.0.0/15: benchmarking addresses
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def veth() -> Iterator[tuple[str, str]]:
+    """(near namespace, far MAC): a veth pair between two fresh namespaces, removed after."""
+    tag = f"vhlmtest-{os.getpid()}"
+    near, far = f"{tag}-near", f"{tag}-far"
+    made: list[str] = []
+    try:
+        for ns in (near, far):
+            ip("netns", "add", ns)
+            made.append(ns)
+        ip("link", "add", "pv0", "netns", near, "type", "veth", "peer", "name", "pv1",
+           "netns", far)  # fmt: skip
+        for ns, dev, addr in ((near, "pv0", NEAR_IP), (far, "pv1", FAR_IP)):
+            ip("-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        mac = json.loads(ip("-n", far, "-j", "link", "show", "pv1"))[0]["address"]
+        yield near, mac
+    finally:
+        for ns in reversed(made):
+            subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def test_a_real_probe_stream_is_kernel_stamped_and_ignores_its_own_requests(
+    veth: tuple[str, str], tmp_path: Path
+) -> None:
+    near, mac = veth
+    out = tmp_path / "probe.json"
+    proc = subprocess.run(
+        ["ip", "netns", "exec", near, sys.executable, probe.__file__, "--iface", "pv0",
+         "--dst-mac", mac, "--src-ip", NEAR_IP, "--dst-ip", FAR_IP, "--pps", "1000",
+         "--count", "400", "--out", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    rx = data["rx"]
+    assert rx["clock"] == "kernel" and rx["unstamped"] == 0
+    assert rx["ignore_outgoing"] is True  # Linux >= 4.20
+    assert rx["drops"] == 0 and rx["packets"] >= 400
+    assert data["sent"] == 400
+    seqs = [s for s, _ in data["replies"]]
+    # the first requests may go while the far side still resolves our MAC (ARP)
+    assert len(seqs) == len(set(seqs)) >= 390  # each reply once: no copy of a request
+    assert data["payload"]["checked"] == len(seqs) and data["payload"]["corrupt"] == 0
+    send = data["send_ts"]
+    lags = rx["read_lag_ms"]
+    assert len(lags) == len(seqs) and min(lags) >= -1.0  # read after the kernel stamped it
+    for (seq, at), lag in zip(data["replies"], lags, strict=True):
+        # stamped by the kernel on arrival, a veth round trip after the send (the send
+        # time is taken after send() returns, so the stamp may precede it slightly)
+        assert send[seq] - 0.005 < at < send[seq] + 0.5, (seq, at, send[seq])
+        assert lag < 1000.0
+    assert "receive socket packets" in proc.stdout and "drops 0 clock kernel" in proc.stdout
