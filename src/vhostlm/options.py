@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from vhostlm.addresses import GUEST_MAC, PROBE_PPS, SEED_PPS
 from vhostlm.errors import UsageError
+from vhostlm.guests.contract import GUEST_BASE_MB, GUEST_HUGEPAGES, memcheck_room_mb
 from vhostlm.paths import check_file_target, check_output_dir
 
 if TYPE_CHECKING:
@@ -215,8 +216,11 @@ class RunOptions:
 
     @property
     def memcheck_region_mb(self) -> int:
-        """MiB of guest RAM the memory checker owns (0: no checker)."""
-        return self.guest_mem_mb // 4 if self.memcheck_mb is None else self.memcheck_mb
+        """MiB of guest RAM the memory checker owns (0: no checker): by default a quarter
+        of the guest's RAM, less where its boot-time hugepages leave too little."""
+        if self.memcheck_mb is not None:
+            return self.memcheck_mb
+        return max(0, min(self.guest_mem_mb // 4, memcheck_room_mb(self.guest_mem_mb)))
 
     @property
     def rate(self) -> float:
@@ -321,10 +325,13 @@ def validate(target: RunTarget, options: RunOptions) -> None:
         if given and not getattr(options, needed):
             names = " and ".join(h.flag for _, h in users)
             raise UsageError(f"{names} need {needed}: drop {flag_for(needed)}")
-    if options.memcheck_region_mb >= options.guest_mem_mb:
+    room = memcheck_room_mb(options.guest_mem_mb)
+    if options.memcheck_mb and options.memcheck_mb > room:
         raise UsageError(
-            f"--memcheck-mb {options.memcheck_region_mb} leaves nothing of the guest's "
-            f"{options.guest_mem_mb} MiB (--guest-mem): give less, or 0 to turn it off"
+            f"--memcheck-mb {options.memcheck_mb} does not fit in the guest's "
+            f"{options.guest_mem_mb} MiB (--guest-mem): at most {max(room, 0)}, after its "
+            f"{2 * GUEST_HUGEPAGES} MiB of boot-time hugepages and {GUEST_BASE_MB} MiB for "
+            "its kernel and programs; give less, or 0 to turn it off"
         )
     for obj in (options, target):
         for f, how in flags_of(type(obj)):

@@ -53,7 +53,7 @@ def test_sockets_are_private_and_the_only_listener_is_the_migration_port(
     assert sorted(modes) == sorted(
         f"{CASE}-{role}-{kind}.sock"
         for role in ("host", "backup")
-        for kind in ("console", "qmp", "vhost")
+        for kind in ("console", "memcheck", "qmp", "vhost")
     )
     assert set(modes.values()) == {0o600}, modes
 

@@ -49,11 +49,15 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
         ["run", "--probe-size", "9000"],
         "--probe-size 9000 is above the 1514-byte frame",
     ),
-    ("memcheck-whole-guest", ["run", "--memcheck-mb", "1024"], "--memcheck-mb 1024 leaves nothing"),
+    (
+        "memcheck-whole-guest",
+        ["run", "--memcheck-mb", "1024"],
+        "--memcheck-mb 1024 does not fit in the guest's 1024 MiB (--guest-mem): at most 320",
+    ),
     (
         "memcheck-above-guest",
         ["run", "--guest-mem", "512", "--memcheck-mb", "600"],
-        "of the guest's 512 MiB",
+        "--memcheck-mb 600 does not fit in the guest's 512 MiB (--guest-mem): at most 0",
     ),
     ("qemu-absent", ["run", "--qemu", "{tmp}/absent"], "--qemu {tmp}/absent: no such executable"),
     (

@@ -18,9 +18,10 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from vhostlm.addresses import GUEST_MAC, QEMU_BINARY
 from vhostlm.apps.console import Console
 from vhostlm.errors import SetupError, UsageError
+from vhostlm.guests.contract import GUEST_HUGEPAGES
 from vhostlm.nodes.base import Node
 from vhostlm.rundir import RunDir
-from vhostlm.wait import Deadline
+from vhostlm.wait import Deadline, wait_until
 
 # MSI-X on the vhost-user virtio-net-pci under TCG: QEMU 7.2 segfaults in
 # msix_set_vector_notifiers when the guest driver starts the device; 10.0 works.
@@ -167,7 +168,7 @@ class VmSpec:
     # a second serial port (the guest's ttyS1) for the memory checker's reports, apart
     # from the console so that its lines never mix with testpmd's or the shell's
     check_socket: Path | None = None
-    append: str = "console=ttyS0 hugepages=256 init_on_alloc=0 panic=-1 quiet"
+    append: str = f"console=ttyS0 hugepages={GUEST_HUGEPAGES} init_on_alloc=0 panic=-1 quiet"
     binary: str = QEMU_BINARY
 
 
@@ -261,10 +262,24 @@ class QemuVm:
                 self.checker.path = self.node.reach(str(self.spec.check_socket))
                 self.checker.connect(timeout)
             qmp_path = self.node.reach(str(self.spec.qmp_socket))
-            qmp = QEMUMonitorProtocol(str(qmp_path), nickname=self.spec.name)
-            qmp.settimeout(timeout)
-            qmp.connect(negotiate=True)
-            self._qmp = qmp
+
+            def connect() -> QEMUMonitorProtocol:
+                # the socket file exists from QEMU's bind(); a busy machine can still be
+                # between that and its listen(): refused then, so try again
+                qmp = QEMUMonitorProtocol(str(qmp_path), nickname=self.spec.name)
+                qmp.settimeout(timeout)
+                try:
+                    qmp.connect(negotiate=True)
+                except Exception as exc:
+                    qmp.close()
+                    if isinstance(exc.__cause__ or exc.__context__, ConnectionRefusedError):
+                        raise ConnectionRefusedError(str(exc)) from exc
+                    raise
+                return qmp
+
+            self._qmp = wait_until(
+                connect, timeout, what=f"QMP of {self.spec.name}", retry=(ConnectionRefusedError,)
+            )
         except Exception as exc:
             self.process.wait(1)
             text = self.process.output.text().strip().splitlines()

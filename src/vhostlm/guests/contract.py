@@ -18,3 +18,16 @@ MODULE_LIST = PurePosixPath("/etc/vhostlm/modules")
 
 VERBOSE_OPTION = "vhostlm.verbose"
 """Kernel command-line word that keeps kernel messages on the console (else /init quiets them)."""
+
+GUEST_HUGEPAGES = 256
+"""2 MiB hugepages the guest kernel reserves at boot (`hugepages=` on its command line), for
+the testpmd in the guest: 512 MiB of its RAM that nothing else can use."""
+
+GUEST_BASE_MB = 192
+"""What the guest needs besides them: its kernel, the unpacked initramfs, testpmd."""
+
+
+def memcheck_room_mb(guest_mem_mb: int) -> int:
+    """The most guest RAM the memory checker can own: what is left of `guest_mem_mb` after
+    the boot-time hugepages and the guest's own needs (0 or less: none)."""
+    return guest_mem_mb - 2 * GUEST_HUGEPAGES - GUEST_BASE_MB

@@ -70,7 +70,7 @@ class CaseFlow:
         self.traffic: Traffic | None = None
         self.migration: Migration | None = None
         self._mark = 0  # the host backend's output before the guest driver started
-        self.integrity = IntegrityWatch(env.options.memcheck_region_mb)
+        self.integrity = IntegrityWatch(spec.memcheck_mb(env.options.memcheck_region_mb))
         self._final: QemuVm | None = None  # the QEMU the guest runs on now
         self._t0 = time.time()
         self._boot_t0 = 0.0  # when the host's QEMU started
@@ -125,7 +125,7 @@ class CaseFlow:
             "guest_memory": opts.guest_memory,
             "vhost_mode": opts.vhost_mode,
             "probe_size": opts.probe_size if opts.probes else 0,
-            "memcheck_mb": opts.memcheck_region_mb,
+            "memcheck_mb": self.integrity.memcheck_mb,
             "qemu": self.env.bed.tools("host").qemu,
         }
 
@@ -276,7 +276,7 @@ class CaseFlow:
             disk=boot.disk,
             check_socket=(
                 Path(bed.socket_path(role, f"{tag}-memcheck.sock"))
-                if env.options.memcheck_region_mb
+                if self.integrity.memcheck_mb
                 else None
             ),
         )
@@ -429,12 +429,13 @@ def _loads(spec: CaseSpec, _options: Any) -> bool:
     return spec.dirty_mb_s > 0
 
 
-def _memcheck(_spec: CaseSpec, options: Any) -> bool:
-    return bool(options.memcheck_region_mb)
+def _memcheck(spec: CaseSpec, options: Any) -> bool:
+    return bool(spec.memcheck_mb(options.memcheck_region_mb))
 
 
-def _probes(_spec: CaseSpec, options: Any) -> bool:
-    return bool(options.probes)
+def _switch_over_probed(spec: CaseSpec, options: Any) -> bool:
+    """Probes, and a switch-over whose outage they measure (not a cancelled migration)."""
+    return bool(options.probes) and spec.kind.moves_guest
 
 
 def _limited(_spec: CaseSpec, options: Any) -> bool:
@@ -455,7 +456,7 @@ BEFORE: tuple[StepDef[CaseFlow], ...] = (
 )
 AFTER: tuple[StepDef[CaseFlow], ...] = (
     StepDef(INTACT_STEP, CaseFlow.guest_intact),
-    StepDef("outage_sound", CaseFlow.outage_sound, when=_probes),
+    StepDef("outage_sound", CaseFlow.outage_sound, when=_switch_over_probed),
     StepDef("within_limits", CaseFlow.within_limits, when=_limited),
 )
 

@@ -48,6 +48,9 @@ class CaseSpec:
     # instead of forwarding the tester's traffic: DPDK writes into the guest's receive
     # buffers all through the migration. No probes can be answered then.
     rx_flood: bool = False
+    # at most this much guest RAM for the memory checker (None: the run's --memcheck-mb):
+    # for a case whose point needs a short first precopy pass
+    memcheck_cap_mb: int | None = None
     round_trips: int = 0  # 0: one migration to the backup; N: N times there and back
     capabilities: Mapping[str, bool] = field(default_factory=frozen)
     parameters: Mapping[str, Any] = field(default_factory=frozen)
@@ -56,6 +59,10 @@ class CaseSpec:
     # vCPUs, as the seed's `-smp 2`: testpmd in the guest needs a main and a forwarding
     # lcore. (1 vCPU was the default while QEMU 7.2's TCG dirty tracking broke 2-vCPU guests.)
     smp: int = 2
+
+    def memcheck_mb(self, run_mb: int) -> int:
+        """The memory checker's region in this case, given the run's."""
+        return run_mb if self.memcheck_cap_mb is None else min(run_mb, self.memcheck_cap_mb)
 
     @property
     def packed(self) -> bool:

@@ -83,11 +83,15 @@ NO_CONVERGE = replace(
     name="noconverge_virtio_net",
     kind=NoConverge(),
     dirty_mb_s=64,
-    parameters=frozen({"max-bandwidth": 8_000_000, "downtime-limit": 10}),
+    # bursts of 64 MiB rewritten, then 1 s asleep: precopy rounds must outlast the sleep
+    # (12 MB/s: 5 s), and the first pass must end well within --converge-timeout for the
+    # migration to iterate, so the memory checker owns only 16 MiB here
+    parameters=frozen({"max-bandwidth": 12_000_000, "downtime-limit": 10}),
+    memcheck_cap_mb=16,
     doc="""A migration that cannot converge: the guest dirties memory faster than the link.
 
     Steps:
-        In the guest rewrite 64 MiB of memory every second; cap the link at 8 MB/s;
+        In the guest rewrite 64 MiB of memory every second; cap the link at 12 MB/s;
         `migrate`.
     Verify:
         After --converge-timeout seconds it is still not done: reported as "did not
