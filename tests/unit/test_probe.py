@@ -284,3 +284,39 @@ def test_by_default_the_sniffer_and_tester_use_the_guests_mac(tmp_path: Path) ->
     assert sniffed == f"ether src {GUEST_MAC} and (rarp or arp)"
     _, sniffed = traffic_argv(tmp_path, RunOptions(dst_mac="02:00:00:00:00:aa"))
     assert GUEST_MAC in sniffed and "02:00:00:00:00:aa" not in sniffed
+
+
+def test_a_stalled_sender_goes_on_steadily_instead_of_bursting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the tester itself stalls for 0.5 s it sends at most MAX_BURST probes back to
+    back, then keeps the rate: a burst of the 500 it owed was lost in the path."""
+    from vhostlm.measure import probe
+
+    clock = {"now": 0.0}
+    sends: list[float] = []  # the clock at each send
+
+    class Tx:
+        def send(self, frame: bytes) -> int:
+            sends.append(clock["now"])
+            return len(frame)
+
+    def sleep(seconds: float) -> None:
+        # 1 ms a loop, and one stall of 0.5 s after the 100th probe
+        clock["now"] += 0.5 if len(sends) == 100 and clock["now"] < 0.5 else max(seconds, 0.001)
+
+    monkeypatch.setattr(probe.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(probe.time, "sleep", sleep)
+    run = ProbeRun.__new__(ProbeRun)
+    run.init_state(TEMPLATE, 1000)
+    run.tx = Tx()  # type: ignore[assignment]
+    run.sending = True
+    run.poll_stats = lambda: None  # type: ignore[method-assign]
+    run.send(300)
+    per_instant: dict[float, int] = {}
+    for at in sends:
+        per_instant[at] = per_instant.get(at, 0) + 1
+    assert len(sends) == 300
+    assert max(per_instant.values()) <= 8 == probe.MAX_BURST
+    stall = [b - a for a, b in zip(sends, sends[1:], strict=False) if b - a > 0.1]
+    assert stall == [pytest.approx(0.5, abs=0.002)]  # the stall stays visible as a send gap
