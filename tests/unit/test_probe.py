@@ -17,6 +17,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
+from tests.unit.test_payload import icmpecho_reply
 from vhostlm.addresses import GUEST_IP, GUEST_MAC, TESTER_IP
 from vhostlm.errors import StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements
@@ -38,15 +39,7 @@ from vhostlm.testbed.topology import Nic, Tools
 TEMPLATE = build_template(GUEST_MAC, "02:00:00:00:00:03", TESTER_IP, GUEST_IP)
 
 
-def as_reply(frame: bytes) -> bytes:
-    """What the guest sends back: addresses swapped, type 0, checksum fixed."""
-    pkt = Ether(frame)
-    pkt[Ether].src, pkt[Ether].dst = pkt[Ether].dst, pkt[Ether].src
-    pkt[IP].src, pkt[IP].dst = pkt[IP].dst, pkt[IP].src
-    pkt[ICMP].type = 0
-    del pkt[ICMP].chksum
-    del pkt[IP].chksum
-    return bytes(pkt)
+as_reply = icmpecho_reply  # what the guest sends back
 
 
 @pytest.mark.parametrize("size", [62, 63, 256, 257, 1514])
