@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import struct
 import subprocess
@@ -28,8 +27,6 @@ from vhostlm.guests.memcheck import (
     summarise,
 )
 from vhostlm.image import build, userland
-
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 
 INJECT_RE = re.compile(r"VHLMC inject mode=(\w+) page=(\d+) offset=(\d+)")
 
