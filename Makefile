@@ -8,7 +8,7 @@ PYTHON    ?= python3
 APT_PACKAGES := python3 python3-venv python3-pip \
 	dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-net-af-packet23 \
 	librte-mempool-ring23 busybox-static cpio iproute2 tcpdump ethtool kmod procps \
-	iputils-ping chromium openssh-server openssh-client dpdk openssl gcc libc6-dev
+	iputils-ping chromium openssh-server openssh-client dpdk openssl gcc libc6-dev libfaketime
 RUN_ARGS  ?=
 PYTEST_ARGS ?=
 # QEMU before 9.0 loses TCG guest writes from the migration's dirty bitmap ("physmem: Fix

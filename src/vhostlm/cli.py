@@ -55,6 +55,12 @@ def build_parser() -> Parser:
         action="store_true",
         help="also run sshd in each namespace and write a testbed file to drive it over SSH",
     )
+    up.add_argument(
+        "--clock-skew",
+        metavar="ROLE=SECONDS",
+        help="with --ssh: the programs of node ROLE (host or backup) see a wall clock SECONDS "
+        "off (libfaketime), to try the clock-offset correction",
+    )
     up.add_argument("--output", type=Path, metavar="DIR", help="where to write (default results/)")
     down = lab_sub.add_parser("down", help="remove labs whose run is gone")
     down.add_argument("ids", nargs="*", help="run ids to remove (default: every orphaned lab)")
@@ -115,11 +121,18 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     check_root()
     if args.lab_command == "up":
+        skew = None
+        if args.clock_skew is not None:
+            from vhostlm.testbed.sshlab import parse_skew
+
+            if not args.ssh:
+                raise UsageError("--clock-skew needs --ssh: it skews a node's SSH sessions")
+            skew = parse_skew(args.clock_skew)
         run_id = secrets.token_hex(3)
         rundir = RunDir(args.output or Path("results") / f"lab-{run_id}", run_id)
         try:
             lab = Lab(rundir).up(budget(RunOptions()).lab_pages())
-            testbed = start_ssh_lab_for(lab) if args.ssh else None
+            testbed = start_ssh_lab_for(lab, skew) if args.ssh else None
         except BaseException:
             teardown_runtime(rundir.runtime)
             raise
@@ -153,8 +166,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
     raise UsageError("lab: say up, down or status")
 
 
-def start_ssh_lab_for(lab: Lab) -> Path:
-    """sshd in the lab's namespaces, with the accelerator this machine can use."""
+def start_ssh_lab_for(lab: Lab, skew: tuple[str, float] | None = None) -> Path:
+    """sshd in the lab's namespaces, with the accelerator this machine can use (and one
+    node's clock skewed by `skew`)."""
     from vhostlm.apps.accel import probe_accel
     from vhostlm.runner import CACHE_DIR, image
     from vhostlm.testbed.sshlab import start_ssh_lab
@@ -162,7 +176,7 @@ def start_ssh_lab_for(lab: Lab) -> Path:
     with Progress() as progress:
         img = image(progress)
     accel = probe_accel(img, lab.rundir, CACHE_DIR / "accel.json")
-    return start_ssh_lab(lab, accel, sys.executable)
+    return start_ssh_lab(lab, accel, sys.executable, skew)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

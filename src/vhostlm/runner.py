@@ -15,8 +15,10 @@ from vhostlm import __version__
 from vhostlm.apps.qemu import qemu_version as parse_qemu
 from vhostlm.backends.testpmd import TESTPMD_MB
 from vhostlm.beds import Budget, bed_setup, this_machine
+from vhostlm.errors import SetupError
 from vhostlm.image.build import build_image
 from vhostlm.image.cache import GuestImage
+from vhostlm.nodes.clock import Clocks
 from vhostlm.plans.env import LabEnv, RunOptions
 from vhostlm.plans.flow import run_case
 from vhostlm.plans.spec import CaseSpec
@@ -54,6 +56,15 @@ def image(progress: Progress) -> GuestImage:
     return build_image(CACHE_DIR / "images", log=progress.note)
 
 
+def _last_reading(clocks: Clocks, progress: Progress) -> None:
+    """The clocks read once more after the cases: a node gone now is a note, not an error
+    (the cases' own readings already corrected their times)."""
+    try:
+        clocks.read()
+    except SetupError as exc:
+        progress.note(f"clock reading after the run: {exc}")
+
+
 def run_plan(
     cases: list[CaseSpec],
     options: RunOptions,
@@ -88,6 +99,7 @@ def run_plan(
         teardown_runtime(rundir.runtime)
         raise
     progress.note(f"run {rundir.run_id}: output in {out}")
+    clocks: Clocks | None = None
     try:
         progress.phase("setup", "image")
         t = time.monotonic()
@@ -106,6 +118,8 @@ def run_plan(
             "guest_kernel": img.kernel_version,
         }
         result.phases["lab_s"] = round(time.monotonic() - t, 3)
+        clocks = bed.clocks
+        clocks.read()  # before the run: each case's traffic reads them again after it
         progress.phase("setup", "accel probe")
         t = time.monotonic()
         result.accel = setup.accel(img, rundir, CACHE_DIR / "accel.json")
@@ -119,6 +133,9 @@ def run_plan(
             signal.signal(sig, signal.SIG_IGN)
         progress.phase("teardown", "cleanup")
         t = time.monotonic()
+        if clocks is not None:
+            _last_reading(clocks, progress)
+            result.clocks = clocks.figures()
         problems = setup.down()
         problems += teardown_runtime(rundir.runtime)
         result.phases["teardown_s"] = round(time.monotonic() - t, 3)

@@ -112,6 +112,63 @@ def test_seed_plan_over_ssh_passes_and_leaves_nothing(
         made.rmdir()
 
 
+SKEW_S = -2.5  # the backup's programs read a wall clock 2.5 s behind (libfaketime)
+
+
+def s2r_and_announce(out: Path) -> tuple[float, float, dict[str, dict[str, float]]]:
+    """(STOP->RESUME ms, announce after RESUME ms, clocks) of a passed virtio_net run."""
+    data = load(out / "results.json")
+    assert validate_results(data) == []
+    case = data["cases"][0]
+    assert case["verdict"] == "pass", case["reason"]
+    m = case["measure"]
+    return m["stop_to_resume_ms"], m["announce"]["after_resume_ms"], data["clocks"]
+
+
+def test_a_skewed_clock_is_measured_and_corrected(
+    ssh_lab: tuple[str, Path], tmp_path: Path
+) -> None:
+    """A backup 2.5 s behind: its offset is measured within its uncertainty, and the figures
+    that subtract its QEMU's RESUME from the host's STOP and the tester's announce match an
+    unskewed run; uncorrected, they would be 2.5 s off."""
+    plain = tmp_path / "plain"
+    proc = vhostlm("run", "--testbed", str(ssh_lab[1]), "--case", "virtio_net",
+                   "--output", str(plain), timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    up = vhostlm("lab", "up", "--ssh", "--clock-skew", f"backup={SKEW_S}",
+                 "--output", str(tmp_path / "lab"), timeout=300)  # fmt: skip
+    assert up.returncode == 0, up.stdout + up.stderr
+    lab_id = re.search(r"lab (\w+) is up", up.stdout)
+    assert lab_id, up.stdout
+    try:
+        skewed = tmp_path / "skewed"
+        proc = vhostlm("run", "--testbed", str(tmp_path / "lab" / "testbed.yaml"),
+                       "--case", "virtio_net", "--output", str(skewed), timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        assert vhostlm("lab", "down", lab_id[1]).returncode == 0
+    assert leftovers(lab_id[1]) == []
+    s2r0, ann0, clocks0 = s2r_and_announce(plain)
+    s2r, ann, clocks = s2r_and_announce(skewed)
+    for role in ("host", "backup", "tester"):  # unskewed: every offset is 0 within its bound
+        c = clocks0[role]
+        assert not c["same_clock"] and c["readings"] >= 3, c
+        assert abs(c["offset_ms"]) <= c["uncertainty_ms"] + 0.01, (role, c)
+        assert c["uncertainty_ms"] < 1.0, (role, c)  # one namespace hop: well under 1 ms
+    backup = clocks["backup"]  # the skew itself, found within its uncertainty
+    assert abs(backup["offset_ms"] - SKEW_S * 1000) <= backup["uncertainty_ms"] + 0.01, backup
+    for role in ("host", "tester"):
+        assert abs(clocks[role]["offset_ms"]) <= clocks[role]["uncertainty_ms"] + 0.01
+    # corrected, the skewed run's figures are of the unskewed run's size; the raw ones
+    # (the backup's own clock) would be off by the skew
+    spread = 250.0  # ms: two runs of the case differ by tens of ms (TCG, a busy machine)
+    assert 0 < s2r < spread and abs(s2r - s2r0) < spread, (s2r, s2r0)
+    assert abs((s2r + SKEW_S * 1000) - s2r0) > 2000
+    assert -1 < ann < 1000 and abs(ann - ann0) < 1000, (ann, ann0)
+    assert abs((ann - SKEW_S * 1000) - ann0) > 1500
+    assert re.search(r"clocks \(node - controller\):.* backup -2(499\.9|500\.0)\d\d ±", proc.stdout)
+
+
 @pytest.mark.parametrize(
     ("role", "change", "expected"),
     [

@@ -268,7 +268,9 @@ class FakeTraffic:
         self.legs.append({})
         return self.legs[-1]
 
-    def qmp_marks(self, marks: dict[str, float], events: list[dict[str, Any]]) -> None:
+    def qmp_marks(
+        self, marks: dict[str, float], events: list[dict[str, Any]], clock: Any = None
+    ) -> None:
         marks["stop"] = 1.0
 
     def finish(self, figures: list[Any]) -> dict[str, Any]:

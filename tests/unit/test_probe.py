@@ -32,6 +32,7 @@ from vhostlm.measure.probe import (
     reply_seq,
     stamp,
 )
+from vhostlm.nodes.clock import Clocks
 from vhostlm.plans.env import RunOptions
 from vhostlm.plans.traffic import Traffic, check_limits
 from vhostlm.testbed.topology import Nic, Tools
@@ -235,7 +236,7 @@ class RecordingNode:
     """A node that records the command lines of the processes made on it."""
 
     def __init__(self, label: str) -> None:
-        self.label = label
+        self.label = self.name = label
         self.argv: dict[str, list[str]] = {}
 
     def process(self, name: str, argv: list[str], rundir: Any) -> Any:
@@ -253,6 +254,7 @@ def traffic_argv(tmp_path: Path, options: RunOptions, **guest: str) -> tuple[lis
         nic=lambda role: Nic(interface="eth0"), node=lambda role: tester,
         tools=lambda role: Tools(python="python3"), workdir=lambda role: str(tmp_path),
         sniff_points=lambda: {r: (switch, f"p-{r}") for r in ("host", "backup")},
+        clocks=Clocks({}),
     )  # fmt: skip
     env = SimpleNamespace(bed=bed, options=options, rundir=SimpleNamespace(path=tmp_path))
     with ExitStack() as stack:

@@ -325,6 +325,7 @@ EXPECTED_RESULTS: dict[str, Any] = {
     "output_dir": "/tmp/results/x",
     "run_id": "",
     "phases": {},
+    "clocks": {},
 }
 
 

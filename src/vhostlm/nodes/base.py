@@ -107,6 +107,11 @@ class Node(ABC):
     def close(self) -> None:  # noqa: B027 - nothing to close for most nodes
         """Release the connection to the node, if any."""
 
+    def clock_samples(self, python: str, count: int) -> list[tuple[float, float, float]] | None:
+        """`count` exchanges (asked, node's clock, answered) with the node's clock, or None
+        for a node that reads this machine's clock (a local namespace shares it)."""
+        return None
+
     def run(self, argv: Sequence[str], check: bool = True, timeout: float = 30.0) -> str:
         """Run `argv` and return its stdout; SetupError naming the node when it fails."""
         done = self.execute(argv, timeout)

@@ -13,6 +13,7 @@ import re
 import shlex
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +22,7 @@ import asyncssh
 
 from vhostlm.errors import SetupError, UsageError
 from vhostlm.nodes.base import Completed, Node
+from vhostlm.nodes.clock import ECHO_SCRIPT
 from vhostlm.nodes.stream import OutputStream
 from vhostlm.rundir import RunDir
 
@@ -188,6 +190,36 @@ class SshNode(Node):
             call(copy(), 600)
         except (OSError, asyncssh.Error) as exc:
             raise SetupError(f"{self.label}: cannot copy {remote} from the node: {exc}") from exc
+
+    def clock_samples(self, python: str, count: int) -> list[tuple[float, float, float]]:
+        """Ask the node's clock `count` times over this connection (nodes/clock.py's echo
+        script under the node's Python), each exchange timed on the SSH loop itself."""
+        conn = self.conn
+        command = self.command([python, "-u", "-c", ECHO_SCRIPT])
+
+        async def exchange() -> list[tuple[float, float, float]]:
+            proc = await conn.create_process(command, encoding="utf-8")
+            try:
+                ready = await proc.stdout.readline()
+                if ready.strip() != "ready":
+                    err = (await proc.stderr.read()).strip().splitlines()[-1:]
+                    raise SetupError(f"{self.label}: clock exchange failed: {' '.join(err)}")
+                samples = []
+                for _ in range(count):
+                    t0 = time.time()
+                    proc.stdin.write("\n")
+                    line = await proc.stdout.readline()
+                    t2 = time.time()
+                    samples.append((t0, int(line) / 1e9, t2))
+                return samples
+            finally:
+                proc.stdin.write_eof()
+                proc.close()
+
+        try:
+            return call(exchange(), 30)
+        except (OSError, asyncssh.Error, ValueError, TimeoutError) as exc:
+            raise SetupError(f"{self.label}: clock exchange failed: {exc}") from exc
 
     def reach(self, remote_socket: str) -> Path:
         """Forward a local unix socket (in the run's socket directory) to the remote one."""

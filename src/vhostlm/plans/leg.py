@@ -19,6 +19,7 @@ from vhostlm.apps.qemu import END_STATES, MigrationStatus, QemuVm
 from vhostlm.apps.tls import MigrationTls
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.integrity.ramdiff import RamDiff, RamSide, compare
+from vhostlm.nodes.clock import NodeClock
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.faults import Vitals
 from vhostlm.plans.kinds import SOURCE_KEEPS_RECEIVING
@@ -287,20 +288,24 @@ class LegRun:
             self.survivable = True
             why = a.vm.migration().why
             mig.record(self.leg, final_figures(a.vm))
-            mig.traffic.qmp_marks(self.marks, a.vm.events[self.ev_a :])
+            mig.traffic.qmp_marks(self.marks, a.vm.events[self.ev_a :], self._clock(a))
             raise StepFailed(f"migration failed: {why}")
         mig.vitals.check(b.role, f"before the switch-over to the {b.role}")
         if b.vm.spec.hold:
             self._verify_ram(a, b)
         resume = b.vm.wait_event("RESUME", 30, self.ev_b)
-        self.marks["resume"] = event_time(resume)
+        self.marks["resume"] = self._clock(b).to_controller(event_time(resume))
         figs = final_figures(a.vm)
         mig.record(self.leg, figs)
-        mig.traffic.qmp_marks(self.marks, a.vm.events[self.ev_a :])
+        mig.traffic.qmp_marks(self.marks, a.vm.events[self.ev_a :], self._clock(a))
         step.detail = f"Migration status: completed ({figures_line(figs)})"
         self.at_switch = mig.receiver.count(b.shell, 15)
         if self.leg == 0:
             mig.result.traffic.received_during = self.at_switch - self.before
+
+    def _clock(self, side: Side) -> NodeClock:
+        """The clock of the side's node: its QEMU's event times go through it."""
+        return self.mig.env.bed.clocks.clock(side.role)
 
     def _verify_ram(self, a: Side, b: Side) -> None:
         """The destination holds the guest paused: compare every page with the source's,
@@ -428,8 +433,8 @@ class LegRun:
         status, event = vm.wait_migration(self.ev_a, END_STATES, 30)
         if status is not Status.CANCELLED:
             raise StepFailed(f"migrate_cancel: migration ended {status}, not cancelled")
-        self.marks["cancelled"] = event_time(event)
-        self.mig.traffic.qmp_marks(self.marks, vm.events[self.ev_a :])
+        self.marks["cancelled"] = self._clock(self.a).to_controller(event_time(event))
+        self.mig.traffic.qmp_marks(self.marks, vm.events[self.ev_a :], self._clock(self.a))
         figs.status = "cancelled"
         return figs
 

@@ -7,7 +7,8 @@ the wall-clock marks of the migration (QMP event timestamps), and turns it all i
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+import dataclasses
+from contextlib import ExitStack, suppress
 from dataclasses import asdict
 from typing import Any
 
@@ -24,6 +25,7 @@ from vhostlm.measure.outage import (
 from vhostlm.measure.payload import payload_figures
 from vhostlm.measure.tester import PROGRESS_RE, Tester
 from vhostlm.nodes.base import NodeProcess
+from vhostlm.nodes.clock import NodeClock, shift_probe_data
 from vhostlm.plans.env import LabEnv
 from vhostlm.report.results import MigrationFigures
 
@@ -65,6 +67,8 @@ class Traffic:
         # one tcpdump per place to watch; roles watched at the same place share it
         by_place: dict[tuple[str, str], NodeProcess] = {}
         self.sniffers: dict[str, NodeProcess] = {}
+        self.clocks = bed.clocks
+        self._sniff_clock: dict[str, NodeClock] = {}
         for role, (node, where) in bed.sniff_points().items():
             key = (node.label, where)
             if key not in by_place:
@@ -72,6 +76,7 @@ class Traffic:
                     f"{case}-announce-{role}", tcpdump_argv(where, guest_mac), env.rundir
                 )
             self.sniffers[role] = by_place[key]
+            self._sniff_clock[role] = self.clocks.for_node(node)
         self._sniffer_list = list(by_place.values())
         self.leg_dest: list[str] = []
         self.legs: list[dict[str, float]] = []
@@ -108,20 +113,28 @@ class Traffic:
         return self.legs[-1]
 
     @staticmethod
-    def qmp_marks(marks: dict[str, float], src_events: list[dict[str, Any]]) -> None:
-        """Record the source's MIGRATION states and STOP of one migration."""
+    def qmp_marks(
+        marks: dict[str, float], src_events: list[dict[str, Any]], clock: NodeClock | None = None
+    ) -> None:
+        """Record the source's MIGRATION states and STOP of one migration, on the
+        controller's clock (`clock`: the source node's; None for the controller's own)."""
+        fix = clock.to_controller if clock is not None else float
         for event in src_events:
             if event.get("event") == "MIGRATION":
-                marks.setdefault(str(event["data"]["status"]), event_time(event))
+                marks.setdefault(str(event["data"]["status"]), fix(event_time(event)))
             elif event.get("event") == "STOP":
-                marks.setdefault("stop", event_time(event))
+                marks.setdefault("stop", fix(event_time(event)))
 
     def stop(self) -> None:
-        """Stop the tester and the sniffer (once)."""
+        """Stop the tester and the sniffer (once); the clocks are read again, and the
+        tester's times put on the controller's clock."""
         if self._data is None:
-            self._data = self.tester.stop()
+            data = self.tester.stop()
             for sniffer in self._sniffer_list:
                 sniffer.stop()
+            with suppress(SetupError):  # a node gone now: the earlier readings serve
+                self.clocks.read()
+            self._data = shift_probe_data(data, self.clocks.clock("tester"))
 
     def _leg_figures(
         self, marks: dict[str, float], dest: str, migration: MigrationFigures
@@ -134,10 +147,12 @@ class Traffic:
         }
         if "stop" in marks and "resume" in marks:
             leg["stop_to_resume_ms"] = round((marks["resume"] - marks["stop"]) * 1000, 3)
-        announced = first_announcement(
-            parse_announcements(self.sniffers[dest].output.text()),
-            marks.get("stop", marks.get("migrate", 0.0)),
-        )
+        clock = self._sniff_clock[dest]  # tcpdump's times are the sniffing node's
+        seen = [
+            dataclasses.replace(a, at=clock.to_controller(a.at))
+            for a in parse_announcements(self.sniffers[dest].output.text())
+        ]
+        announced = first_announcement(seen, marks.get("stop", marks.get("migrate", 0.0)))
         leg["announce"] = {"seen": announced is not None}
         if announced is not None and "resume" in marks:
             marks["announce"] = announced.at

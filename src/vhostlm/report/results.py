@@ -294,6 +294,12 @@ class RunResult(_Record):
     output_dir: str = ""
     run_id: str = ""
     phases: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
+    clocks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="role -> its clock against the controller's: offset_ms (node - "
+        "controller, first reading), uncertainty_ms, offset_after_ms, drift_ppm, rtt_ms; "
+        "same_clock for a node on this machine. Remote event times are corrected with it",
+    )
 
     @property
     def exit_code(self) -> int:

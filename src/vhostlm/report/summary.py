@@ -40,6 +40,7 @@ def render_summary(result: RunResult, color: bool = False) -> str:
     lines.append("")
     for case in result.cases:
         lines += _case_lines(case, color)
+    lines += _clock_lines(result)
     lines.append(_result_line(result, color))
     if result.output_dir:
         lines.append(f"results: {Path(result.output_dir) / 'results.json'}")
@@ -84,6 +85,31 @@ def _outage_line(case: CaseResult) -> str | None:
     if pre is not None:
         line += f"; largest precopy gap {pre:.1f} ms"
     return line
+
+
+def _clock_lines(result: RunResult) -> list[str]:
+    """The nodes' clock offsets on a testbed, and a warning for each one known less well
+    than the probe interval (its events then cannot be placed between two probes)."""
+    clocks = {r: c for r, c in result.clocks.items() if not c.get("same_clock")}
+    if not clocks:
+        return []
+    rates = [number(case_measure(c).get("resolution_ms")) for c in result.cases]
+    interval = min((r for r in rates if r is not None), default=None)
+    lines = [
+        "clocks (node - controller): "
+        + ", ".join(
+            f"{role} {c.get('offset_ms', 0):+.3f} ± {c.get('uncertainty_ms', 0):.3f} ms"
+            for role, c in clocks.items()
+        )
+    ]
+    for role, c in clocks.items():
+        spread = number(c.get("uncertainty_ms")) or 0.0
+        if interval is not None and spread > interval:
+            lines.append(
+                f"  warning: the {role}'s clock is known only to ±{spread:.2f} ms, more than "
+                f"the probe interval ({interval:g} ms): its events are placed that loosely"
+            )
+    return lines
 
 
 def _result_line(result: RunResult, color: bool) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from vhostlm.addresses import MGMT_NET
-from vhostlm.errors import SetupError
+from vhostlm.errors import SetupError, UsageError
 from vhostlm.rundir import RunDir, proc_starttime
 from vhostlm.testbed.lab import Lab
 from vhostlm.testbed.shell import run
@@ -24,6 +25,35 @@ from vhostlm.testbed.topology import ROLES
 from vhostlm.wait import Deadline
 
 SSHD = "/usr/sbin/sshd"
+# Debian's libfaketime: preloaded, it shifts what a program reads of CLOCK_REALTIME
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+SKEWABLE = ("host", "backup")  # the tester's replies carry kernel timestamps: not shifted
+
+
+def parse_skew(text: str) -> tuple[str, float]:
+    """`ROLE=SECONDS` of `lab up --ssh --clock-skew`; UsageError naming the fix."""
+    role, sep, value = text.partition("=")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not sep or role not in SKEWABLE or seconds != seconds or abs(seconds) > 86400:
+        raise UsageError(
+            f"--clock-skew {text!r}: say ROLE=SECONDS with ROLE host or backup (the tester's "
+            "probe replies carry kernel timestamps, which faketime does not shift) and "
+            "|SECONDS| up to 86400, e.g. --clock-skew backup=2.5"
+        )
+    return role, seconds
+
+
+def skew_env(seconds: float) -> str:
+    """sshd's SetEnv line that puts every program of a node's sessions `seconds` off:
+    libfaketime shifts the wall clock only (monotonic time, which QEMU's and DPDK's timers
+    use, is left alone); kernel timestamps (tcpdump's, SO_TIMESTAMPNS) are not shifted."""
+    return (
+        f"SetEnv LD_PRELOAD={LIBFAKETIME} FAKETIME={seconds:+g} "
+        "FAKETIME_DONT_FAKE_MONOTONIC=1 FAKETIME_DONT_RESET=1"
+    )
 
 
 def _free_subnet(run_id: str) -> int:
@@ -41,10 +71,14 @@ def _keygen(path: Path, comment: str) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def sshd_config(addr: str, host_key: Path, authorized: Path, pid_file: Path) -> str:
-    """A minimal sshd configuration: root by key only, this address only, SFTP on."""
+def sshd_config(
+    addr: str, host_key: Path, authorized: Path, pid_file: Path, extra: Sequence[str] = ()
+) -> str:
+    """A minimal sshd configuration: root by key only, this address only, SFTP on;
+    `extra`: more lines (a clock skew's SetEnv)."""
     return "\n".join(
         [
+            *extra,
             f"ListenAddress {addr}",
             "Port 22",
             f"HostKey {host_key}",
@@ -83,10 +117,13 @@ def start_sshd(rundir: RunDir, netns: str, config: Path, log: Path, timeout: flo
     return proc.pid
 
 
-def start_ssh_lab(lab: Lab, accel: str, python: str) -> Path:
-    """sshd in each role's namespace; write and return the testbed file for them."""
+def start_ssh_lab(lab: Lab, accel: str, python: str, skew: tuple[str, float] | None = None) -> Path:
+    """sshd in each role's namespace; write and return the testbed file for them.
+    `skew` (role, seconds): that node's programs see a wall clock that far off."""
     if not Path(SSHD).exists():
         raise SetupError(f"{SSHD} not found: apt-get install openssh-server")
+    if skew is not None and not Path(LIBFAKETIME).exists():
+        raise SetupError(f"{LIBFAKETIME} not found: apt-get install libfaketime")
     rundir = lab.rundir
     keys = rundir.runtime / "ssh"
     keys.mkdir(mode=0o700, exist_ok=True)
@@ -108,7 +145,9 @@ def start_ssh_lab(lab: Lab, accel: str, python: str) -> Path:
         host_key = keys / f"host_{role}"
         known.append(f"{inside} {_keygen(host_key, role)}")
         config = keys / f"sshd_{role}.conf"
-        config.write_text(sshd_config(inside, host_key, authorized, keys / f"sshd_{role}.pid"))
+        extra = [skew_env(skew[1])] if skew is not None and skew[0] == role else []
+        pid_file = keys / f"sshd_{role}.pid"
+        config.write_text(sshd_config(inside, host_key, authorized, pid_file, extra))
         start_sshd(rundir, ns, config, rundir.log_path(f"sshd-{role}"))
         nodes[role] = {
             "ssh": {"address": inside, "user": "root", "key": str(keys / "id_ed25519"),
@@ -130,5 +169,7 @@ def start_ssh_lab(lab: Lab, accel: str, python: str) -> Path:
     }
     path = rundir.path / "testbed.yaml"
     header = f"# the SSH lab {lab.run_id}; remove it with: vhostlm lab down {lab.run_id}\n"
+    if skew is not None:
+        header += f"# the {skew[0]}'s clock is {skew[1]:+g} s off (libfaketime)\n"
     path.write_text(header + yaml.safe_dump(testbed, sort_keys=False))
     return path

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vhostlm.addresses import MIG_PORT, QEMU_BINARY, TESTPMD_BINARY
 from vhostlm.nodes.base import Node
+from vhostlm.nodes.clock import Clocks
 from vhostlm.nodes.sockets import secure_sockets
 
 ROLES = ("host", "backup", "tester")
@@ -79,6 +80,16 @@ class Topology(ABC):
     def guest_disk(self) -> str | None:
         """A disk image host and backup share, attached to the guest; None for none."""
         return None
+
+    @property
+    def clocks(self) -> Clocks:
+        """Every role's clock against the controller's (made on first use; read by the
+        runner before the run and after it, and after each case by its traffic)."""
+        made: Clocks | None = self.__dict__.get("_clocks")
+        if made is None:
+            made = Clocks({r: (self.node(r), self.tools(r).python) for r in ROLES})
+            self.__dict__["_clocks"] = made
+        return made
 
     def tools(self, role: str) -> Tools:
         """Where the role's programs are (defaults: found on PATH)."""
