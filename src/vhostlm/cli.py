@@ -119,15 +119,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from vhostlm.testbed.cleanup import down_all, owner_alive, teardown_runtime
     from vhostlm.testbed.lab import Lab
 
+    skew = None
+    if args.lab_command == "up" and args.clock_skew is not None:  # bad input first
+        from vhostlm.testbed.sshlab import parse_skew
+
+        if not args.ssh:
+            raise UsageError("--clock-skew needs --ssh: it skews a node's SSH sessions")
+        skew = parse_skew(args.clock_skew)
     check_root()
     if args.lab_command == "up":
-        skew = None
-        if args.clock_skew is not None:
-            from vhostlm.testbed.sshlab import parse_skew
-
-            if not args.ssh:
-                raise UsageError("--clock-skew needs --ssh: it skews a node's SSH sessions")
-            skew = parse_skew(args.clock_skew)
         run_id = secrets.token_hex(3)
         rundir = RunDir(args.output or Path("results") / f"lab-{run_id}", run_id)
         try:
