@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vhostlm.backends.base import BackendConfig, VhostBackend
+from vhostlm.backends.ovs import OvsBackend  # issue 14: OVS-DPDK (not wired into the flow yet)
 from vhostlm.backends.testpmd import TestpmdBackend
 
 BACKENDS: dict[str, Callable[[BackendConfig], VhostBackend]] = {"testpmd": TestpmdBackend}
+BACKENDS["ovs-dpdk"] = OvsBackend  # issue 14: added beside testpmd
 
 
 def make_backend(name: str, config: BackendConfig) -> VhostBackend:
