@@ -125,6 +125,44 @@ def check_measure(case: dict[str, Any], out: Path) -> None:
     every = sorted(t for _, t in raw["replies"])
     assert timeline["reply_ms"] == [round((t - t0) * 1000, 3) for t in every]
     assert set(timeline["marks_ms"]) >= {"migrate", "active", "stop", "resume", "completed"}
+    check_breakdown(case, out)
+
+
+# Every segment and the outage are rounded to a microsecond (3 decimals of ms) on their
+# own, so n segments may sum to the outage only within (n + 1) * 0.0005 ms.
+ROUNDING_MS = 0.0005
+
+
+def check_breakdown(case: dict[str, Any], out: Path) -> None:
+    """The outage explained: the moments were all seen, the segments inside the outage add
+    up to it within its uncertainty (and the rounding), each segment is the time between
+    two consecutive moments, and the ready moment is a real line of the backup testpmd's
+    log, read after STOP and no later than the first reply (within the uncertainty: the
+    guest cannot answer from the backup before its backend is ready; the line's time is
+    when the controller read it)."""
+    m = case["measure"]
+    bd = m["breakdown"]
+    assert bd == m["legs"][0]["breakdown"] and bd["to"] == "backup", bd
+    assert set(bd["missing"]) <= {"announce"}, bd  # the announce is not the seed's check
+    at = {x["name"]: x["at"] for x in bd["moments"]}
+    assert at["last_reply"] == m["outage_start"] and at["first_reply"] == m["outage_end"]
+    assert at["stop"] == m["events"]["stop"] and at["resume"] == m["events"]["resume"]
+    times = [x["at"] for x in bd["moments"]]
+    assert times == sorted(times), bd["moments"]
+    for seg, (a, b) in zip(bd["segments"], zip(times, times[1:], strict=False), strict=True):
+        assert seg["ms"] == pytest.approx((b - a) * 1000, abs=ROUNDING_MS), seg
+    inside = [s for s in bd["segments"] if s["in_outage"]]
+    spread = m["outage_uncertainty_ms"]
+    assert bd["uncertainty_ms"] == spread and bd["outage_ms"] == m["outage_ms"]
+    total = sum(s["ms"] for s in inside)
+    assert abs(total - m["outage_ms"]) <= spread + ROUNDING_MS * (len(inside) + 1), bd
+    assert bd["within_uncertainty"] is True
+    assert bd["biggest"] in inside and bd["biggest"]["ms"] == max(s["ms"] for s in inside)
+    log = (out / "logs" / f"{case['name']}-testpmd-backup.log").read_text().splitlines()
+    assert "virtio is now ready for processing" in bd["ready_line"]
+    assert bd["ready_line"] in (line.strip() for line in log), bd["ready_line"]
+    assert m["events"]["ready"] == at["ready"]
+    assert at["stop"] < at["ready"] <= at["first_reply"] + spread / 1000, bd["moments"]
 
 
 def check_junit(path: Path, data: dict[str, Any]) -> None:
@@ -142,11 +180,13 @@ class _Canvases(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.canvases = 0
+        self.bars = 0
         self.data = ""
         self._in_data = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.canvases += tag == "canvas"
+        self.bars += "bd-bar" in (dict(attrs).get("class") or "").split()
         self._in_data = tag == "script" and ("id", "vhostlm-data") in attrs
 
     def handle_data(self, data: str) -> None:
@@ -162,6 +202,7 @@ def check_html(path: Path, data: dict[str, Any]) -> None:
     parser = _Canvases()
     parser.feed(path.read_text())
     assert parser.canvases == len(data["cases"])
+    assert parser.bars == len(data["cases"])  # one outage breakdown per migration
     embedded = json.loads(parser.data)
     assert len(embedded["cases"]) == len(data["cases"])
 

@@ -163,6 +163,7 @@ def dump(
 def figures(data: dict[str, Any], marks: dict[str, float] = MARKS) -> dict[str, Any]:
     measure, legs = probe_figures(data, [dict(marks)], PPS)
     measure["legs"] = legs
+    measure["pps"] = PPS  # the rate asked, as Traffic.finish puts it
     return measure
 
 
@@ -230,6 +231,30 @@ def test_a_tester_stall_at_the_end_of_the_outage_is_an_error_naming_it() -> None
     with pytest.raises(SetupError, match=r"the tester stopped sending for 88 ms at the end of the"
                        r" outage: the 98 ms outage is the tester's"):  # fmt: skip
         check_measurement(m)
+    with pytest.raises(SetupError, match=r"the tester fell behind its rate: \d+ of the 1000 "):
+        check_measurement(m)  # 88 ms of 1 s in the window not sent
+
+
+def test_the_rate_achieved_is_reported_and_a_tester_behind_it_says_so() -> None:
+    m = figures(dump())
+    assert m["achieved_pps"] == pytest.approx(1000.0) and m["window_pps"] == pytest.approx(1000.0)
+    assert m["legs"][0]["window_pps"] == m["window_pps"]
+    assert "sent 1000 of the 1000 probes/s asked" in check_measurement(m)
+    # 1000 asked, 800 sent, evenly: fewer probes, each edge 1.25 ms from the next send,
+    # which the uncertainty takes; no error, and the detail says it fell behind
+    slow = figures(dump(send=[100.0 + i / 800 for i in range(6400)]))
+    assert slow["achieved_pps"] == pytest.approx(800.0) and slow["window_pps"] == pytest.approx(
+        800.0
+    )
+    assert slow["outage_uncertainty_ms"] == pytest.approx(3.75, abs=0.01)  # 1.25 x 3
+    detail = check_measurement(slow)
+    assert "the tester fell behind its rate: 800 of the 1000 probes/s asked (800 in the " in detail
+    # on time over the stream but behind in the window alone: said too
+    late = [100.0 + i / PPS for i in range(4900)] + [104.9 + i / 500 for i in range(1000)]
+    late += [106.9 + i / PPS for i in range(1000)]
+    m = figures(dump(send=late))
+    assert m["window_pps"] == pytest.approx(500.0, abs=1) and m["achieved_pps"] > 750
+    assert "the tester fell behind its rate" in check_measurement(m)
 
 
 def test_a_tester_stall_in_the_middle_of_the_outage_does_not_move_it() -> None:

@@ -240,7 +240,10 @@ def test_the_dump_has_the_payload_beside_the_unchanged_keys(tmp_path: Path) -> N
     out = tmp_path / "probe.json"
     run.dump(out)
     data = json.loads(out.read_text())
-    assert set(data) == {"pps", "t0", "sent", "send_ts", "replies", "payload"}
+    assert set(data) == {
+        "pps", "t0", "sent", "send_ts", "replies", "payload", "achieved_pps", "behind"
+    }  # fmt: skip
+    assert data["behind"] == {"count": 0, "skipped_s": 0.0, "log": []}
     assert data["replies"] == [[1, 1.0]]
     assert payload_figures(data) == {
         "probe_size": 256, "payload_checked": 1, "payload_corrupt": 0,

@@ -315,3 +315,15 @@ def test_a_stalled_sender_goes_on_steadily_instead_of_bursting(
     assert max(per_instant.values()) <= 8 == probe.MAX_BURST
     stall = [b - a for a, b in zip(sends, sends[1:], strict=False) if b - a > 0.1]
     assert stall == [pytest.approx(0.5, abs=0.002)]  # the stall stays visible as a send gap
+    # and it says so: one catch-up, the probe time given up, the rate it achieved
+    assert run.behind_count == 1 and run.behind_s == pytest.approx(0.492, abs=0.002)
+    assert len(run.behind_log) == 1 and run.behind_log[0][1] == pytest.approx(0.492, abs=0.002)
+    assert run.rate_line().startswith("rate asked 1000 achieved ")
+    assert run.rate_line().endswith(": fell behind 1 times, 0.492 s of probes not sent")
+
+
+def test_the_achieved_rate_is_sends_over_their_span() -> None:
+    from vhostlm.measure.probe import achieved_rate
+
+    assert achieved_rate([]) == 0.0 and achieved_rate([5.0]) == 0.0
+    assert achieved_rate([1.0 + i / 500 for i in range(1001)]) == pytest.approx(500.0)

@@ -8,11 +8,13 @@ one module beside it, registered in `backends.registry`.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from vhostlm.apps.testpmd import PortStats
 from vhostlm.nodes.base import Node, NodeProcess
+from vhostlm.nodes.stream import ExpectTimeout
 from vhostlm.rundir import RunDir
 from vhostlm.testbed.topology import Nic
 
@@ -39,6 +41,8 @@ class VhostBackend(ABC):
     """One vhost-user backend process; a context for nothing: the case's stack stops it."""
 
     program = ""  # what it is called in a reason: "testpmd"
+    # the line of its log that says the guest's virtio device is ready (None: it has none)
+    ready_re: re.Pattern[str] | None = None
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
@@ -63,6 +67,23 @@ class VhostBackend(ABC):
     @abstractmethod
     def wait_guest_ready(self, timeout: float, since: int = 0) -> str:
         """Wait for the guest's virtio device to be ready; the line that said so."""
+
+    def ready_at(self, since: int = 0, timeout: float = 0.0) -> tuple[float, str] | None:
+        """(arrival time, line) of the first whole line after mark `since` that says the
+        guest's virtio device is ready, waiting up to `timeout` s for it; None if none came
+        (or the backend cannot say). The time is the controller's clock when the line was
+        read, as `OutputStream.timed_lines` keeps it."""
+        if self.ready_re is None:
+            return None
+        output = self.process.output
+        whole = re.compile(f"(?:{self.ready_re.pattern}).*\\n")  # its line has ended
+        try:
+            output.expect(whole, timeout, since)
+        except ExpectTimeout:
+            return None
+        return next(
+            ((t, ln) for t, ln in output.timed_lines(since) if self.ready_re.search(ln)), None
+        )
 
     @abstractmethod
     def counters(self, port: int = 0) -> PortStats:

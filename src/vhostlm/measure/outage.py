@@ -18,8 +18,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vhostlm.measure.probe import achieved_rate
+
 STALL_INTERVALS = 3  # a send gap longer than this many probe intervals is a tester stall
 MARGIN_INTERVALS = 3  # the window opens this many intervals (plus the noise p99) before STOP
+RATE_BEHIND = 0.95  # a tester that sent less than this share of the rate asked fell behind
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class StreamFigures:
     # lost while the precopy ran (migrate -> window): the migration's doing (its CPU and
     # a throttled guest under auto-converge), reported, not counted as unexplained loss
     lost_during_precopy: int = 0
+    achieved_pps: float = 0.0  # probes/s actually sent, first to last probe
+    window_pps: float = 0.0  # of those, inside the outage's window
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for results.json."""
@@ -64,6 +69,7 @@ class EdgeFigures:
     below_noise: bool
     precopy_max_gap_ms: float | None
     tester_drops_in_window: int
+    window_pps: float = 0.0  # probes/s actually sent inside the window
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for results.json (a leg's figures)."""
@@ -169,6 +175,13 @@ def switch_window(
     return (start, end + settle_s), precopy
 
 
+def rate_in(send_ts: Sequence[float], span: tuple[float, float]) -> float:
+    """Probes per second actually sent inside `span` (sorted `send_ts`)."""
+    lo = bisect.bisect_left(send_ts, span[0])
+    hi = bisect.bisect_right(send_ts, span[1])
+    return achieved_rate(send_ts[lo:hi])
+
+
 def _send_after(send_ts: Sequence[float], seq: int) -> float:
     """The gap (s) from probe `seq`'s send to the next probe's (0 past either end)."""
     return send_ts[seq + 1] - send_ts[seq] if 0 <= seq < len(send_ts) - 1 else 0.0
@@ -231,6 +244,7 @@ def edge_figures(
         below_noise=outage_ms <= noise.get("max", 0.0),
         precopy_max_gap_ms=precopy_ms,
         tester_drops_in_window=in_window,
+        window_pps=round(rate_in(send_ts, window), 1),
     )
 
 
@@ -311,4 +325,6 @@ def analyse(
         else total_drops,
         lost_outside_at=[round(t, 6) for t in outside[:20]],
         lost_during_precopy=len(unexplained) - len(outside),
+        achieved_pps=round(achieved_rate(send_ts), 1),
+        window_pps=edge.window_pps,
     )

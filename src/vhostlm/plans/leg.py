@@ -17,6 +17,7 @@ from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import KernelReceiver, Receiver, guest_crash
 from vhostlm.apps.qemu import END_STATES, MigrationStatus, QemuVm
 from vhostlm.apps.tls import MigrationTls
+from vhostlm.backends.base import VhostBackend
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.integrity.ramdiff import RamDiff, RamSide, compare
 from vhostlm.nodes.clock import NodeClock
@@ -98,6 +99,7 @@ class Migration:
         traffic: Traffic,
         result: CaseResult,
         vitals: Vitals | None = None,
+        backends: dict[str, VhostBackend] | None = None,
     ) -> None:
         self.spec = spec
         self.env = env
@@ -106,6 +108,7 @@ class Migration:
         self.traffic = traffic
         self.result = result
         self.vitals = vitals or Vitals()
+        self.backends = backends if backends is not None else {}  # by role, as they start
         self.tls: MigrationTls | None = None
         if env.options.migration_tls:
             bed = env.bed
@@ -169,6 +172,7 @@ class LegRun:
         self.before = self.at_switch = 0
         self.survivable = False
         self.after = "after the cancel"
+        self.ready_since = 0  # the destination backend's output at `migrate`
 
     # -- the common start ------------------------------------------------------------------
 
@@ -219,6 +223,8 @@ class LegRun:
         self.ev_a, self.ev_b = a.vm.event_mark(), b.vm.event_mark()
         bed = self.mig.env.bed
         uri = f"tcp:{bed.migration_ip(b.role)}:{bed.migration_port}"
+        backend = self.mig.backends.get(b.role)
+        self.ready_since = backend.mark() if backend is not None else 0
         self.marks["migrate"] = time.time()
         self.started = time.monotonic()
         a.vm.qmp("migrate", uri=uri)
@@ -300,12 +306,22 @@ class LegRun:
         mig.traffic.qmp_marks(self.marks, a.vm.events[self.ev_a :], self._clock(a))
         step.detail = f"Migration status: completed ({figures_line(figs)})"
         self.at_switch = mig.receiver.count(b.shell, 15)
+        self._backend_ready()
         if self.leg == 0:
             mig.result.traffic.received_during = self.at_switch - self.before
 
     def _clock(self, side: Side) -> NodeClock:
         """The clock of the side's node: its QEMU's event times go through it."""
         return self.mig.env.bed.clocks.clock(side.role)
+
+    def _backend_ready(self) -> None:
+        """The destination backend's first "ready" line since `migrate` (the guest now
+        answers there, so it has come): its arrival time is the leg's "ready" mark."""
+        backend = self.mig.backends.get(self.b.role)
+        found = backend.ready_at(self.ready_since, timeout=5) if backend is not None else None
+        if found is not None:
+            self.marks["ready"] = found[0]
+            self.mig.traffic.ready_lines[self.leg] = found[1].strip()
 
     def _verify_ram(self, a: Side, b: Side) -> None:
         """The destination holds the guest paused: compare every page with the source's,

@@ -15,7 +15,9 @@ from typing import Any
 from vhostlm.addresses import GUEST_IP, GUEST_MAC, TESTER_IP
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.measure.announce import first_announcement, parse_announcements, tcpdump_argv
+from vhostlm.measure.breakdown import breakdown
 from vhostlm.measure.outage import (
+    RATE_BEHIND,
     STALL_INTERVALS,
     analyse,
     noise_floor,
@@ -36,6 +38,7 @@ SETTLE_S = 1.0
 LEG_KEYS = (
     "outage_ms", "outage_start", "outage_end", "send_gap_ms", "send_gap_edges_ms",
     "outage_uncertainty_ms", "below_noise", "precopy_max_gap_ms", "tester_drops_in_window",
+    "window_pps",
 )  # fmt: skip
 
 
@@ -80,6 +83,7 @@ class Traffic:
         self._sniffer_list = list(by_place.values())
         self.leg_dest: list[str] = []
         self.legs: list[dict[str, float]] = []
+        self.ready_lines: dict[int, str] = {}  # leg -> the destination backend's ready line
         self._data: dict[str, Any] | None = None
         self.payload: dict[str, Any] = {}  # the tester's payload checks, once finished
         stack.callback(self.stop)
@@ -174,14 +178,36 @@ class Traffic:
         if legs:
             measure.update({k: v for k, v in legs[0].items() if k not in ("status", "to")})
         if not data.get("sent"):
+            self._breakdowns(legs, measure)
             measure["legs"] = legs
             return measure
         part, per_leg = probe_figures(data, self.legs, self.pps)
         for leg, extra in zip(legs, per_leg, strict=False):
             leg.update(extra)
         measure.update(part)
+        self._breakdowns(legs, measure)
         measure["legs"] = legs
         return measure
+
+    def _breakdowns(self, legs: list[dict[str, Any]], measure: dict[str, Any]) -> None:
+        """Each leg's `breakdown`; the top level has the first leg's."""
+        add_breakdowns(legs, self.legs, self.ready_lines)
+        if legs:
+            measure["breakdown"] = legs[0]["breakdown"]
+
+
+def add_breakdowns(
+    legs: list[dict[str, Any]], legs_marks: list[dict[str, float]], ready_lines: dict[int, str]
+) -> None:
+    """Give each leg's figures its `breakdown`: from its marks (with "ready" and
+    "announce"), its outage edges and uncertainty, and the ready line of leg n."""
+    for n, (leg, marks) in enumerate(zip(legs, legs_marks, strict=False)):
+        start, end = leg.get("outage_start"), leg.get("outage_end")
+        edges = (float(start), float(end)) if start is not None and end is not None else None
+        leg["breakdown"] = breakdown(
+            marks, edges, uncertainty_ms=leg.get("outage_uncertainty_ms"),
+            dest=str(leg.get("to", "backup")), ready_line=ready_lines.get(n, ""),
+        ).as_dict()  # fmt: skip
 
 
 def probe_figures(
@@ -256,6 +282,30 @@ def _stalls(figures: dict[str, Any], interval_ms: float, noise_p99: float) -> li
     ]
 
 
+def rate_words(measure: dict[str, Any]) -> str:
+    """The rate the tester achieved against the rate asked, in words ('' without figures).
+
+    Falling behind (below RATE_BEHIND of the rate, over the stream or in the outage's
+    window) is said so, and is no error by itself: the outage is the gap between two
+    replies, and what a sender running late can do to it is move its edges. The edges'
+    own send gaps are measured (`send_gap_edges_ms`): they widen the uncertainty by what
+    they are, and one longer than a stall (STALL_INTERVALS intervals and the noise p99) is
+    the stall error. A sender merely slower than asked everywhere else makes fewer probes,
+    not a wrong figure: loss is counted of the probes sent, the noise floor of the replies
+    seen."""
+    asked = float(measure.get("pps") or 0.0)
+    achieved = float(measure.get("achieved_pps") or 0.0)
+    window = float(measure.get("window_pps") or 0.0)
+    if asked <= 0 or achieved <= 0:
+        return ""
+    if min(achieved, window or achieved) < RATE_BEHIND * asked:
+        return (
+            f"the tester fell behind its rate: {achieved:.0f} of the {asked:g} probes/s asked"
+            f" ({window:.0f} in the outage's window)"
+        )
+    return f"sent {achieved:.0f} of the {asked:g} probes/s asked"
+
+
 def check_measurement(measure: dict[str, Any]) -> str:
     """Is the outage figure the guest's? The step after the last migration of a probe case.
 
@@ -263,7 +313,8 @@ def check_measurement(measure: dict[str, Any]) -> str:
     stalled at an edge of an outage (moving that edge by as much) or its receive socket
     dropped frames in an outage window; StepFailed when probes were lost outside every
     window (loss the migration does not explain). Else the outage in words: its
-    uncertainty, the noise floor, whether it is below it."""
+    uncertainty, the noise floor, whether it is below it, the rate the tester achieved
+    (`rate_words`: falling behind is said, not an error by itself)."""
     if "outage_ms" not in measure:
         raise StepFailed("no probe figures to check (the tester sent nothing)")
     interval = float(measure.get("resolution_ms") or 0.0)
@@ -280,9 +331,11 @@ def check_measurement(measure: dict[str, Any]) -> str:
                 f"the tester's receive socket dropped {drops} frames in the outage window{where}"
             )
     outage = float(measure["outage_ms"])
+    rate = rate_words(measure)
     if faults:
         raise SetupError(
-            f"{'; '.join(faults)}: the {outage:.0f} ms outage is the tester's, not only the guest's"
+            f"{'; '.join(faults)}: the {outage:.0f} ms outage is the tester's, not only the "
+            f"guest's{f' ({rate})' if rate else ''}"
         )
     outside = int(measure.get("lost_outside_window") or 0)
     if outside:
@@ -301,6 +354,8 @@ def check_measurement(measure: dict[str, Any]) -> str:
         f"{measure.get('timestamps', 'user')}; {int(measure.get('tester_drops') or 0)} "
         "tester drops)"
     )
+    if rate:
+        detail += f"; {rate}"
     precopy_lost = int(measure.get("lost_during_precopy") or 0)
     if precopy_lost:
         detail += f"; {precopy_lost} probes lost during the precopy"

@@ -219,7 +219,110 @@ def _measure_rows(measure: dict[str, Any], downtime: Any) -> list[FigureRow]:
             "ms",
         ),
     ]
-    return rows
+    return rows + _quality_rows(measure)
+
+
+def _quality_rows(measure: dict[str, Any]) -> list[FigureRow]:
+    """What the outage figure is worth and the tester's own health (outage.StreamFigures)."""
+    noise, lag = sub_object(measure, "noise_ms"), sub_object(measure, "receive_lag_ms")
+
+    def row(key: str, label: str, value: Any, unit: str = "") -> FigureRow:
+        return FigureRow("measure", key, label, number(value), unit)
+
+    return [
+        row("outage_uncertainty_ms", "outage uncertainty (±)",
+            measure.get("outage_uncertainty_ms"), "ms"),
+        row("noise_p99_ms", "reply-gap noise p99 (before migrate)", noise.get("p99"), "ms"),
+        row("noise_max_ms", "reply-gap noise max (before migrate)", noise.get("max"), "ms"),
+        row("precopy_max_gap_ms", "largest reply gap in the precopy",
+            measure.get("precopy_max_gap_ms"), "ms"),
+        row("send_gap_ms", "largest tester send gap in the outage",
+            measure.get("send_gap_ms"), "ms"),
+        row("tester_drops", "tester receive drops", measure.get("tester_drops")),
+        row("lost_during_precopy", "probes lost in the precopy",
+            measure.get("lost_during_precopy")),
+        row("lost_outside_window", "probes lost outside the switch-over",
+            measure.get("lost_outside_window")),
+        row("receive_lag_p99_ms", "tester receive lag p99", lag.get("p99"), "ms"),
+        row("receive_lag_max_ms", "tester receive lag max", lag.get("max"), "ms"),
+    ]  # fmt: skip
+
+
+# what a moment of the outage breakdown is called in a sentence
+MOMENT_WORDS = {
+    "last_reply": "the last reply",
+    "stop": "STOP",
+    "resume": "RESUME",
+    "ready": "the vhost ring enabled",
+    "first_reply": "the first reply",
+    "announce": "the announce",
+}
+
+
+def case_breakdowns(case: CaseResult) -> list[tuple[str, dict[str, Any]]]:
+    """(title, breakdown) of each migration of the case ("migration 1 → backup"); the top
+    level's when no leg has one. Breakdowns that are not objects are left out."""
+    measure = case_measure(case)
+    legs = measure.get("legs")
+    found: list[tuple[str, dict[str, Any]]] = []
+    for n, leg in enumerate(legs if isinstance(legs, list) else []):
+        if isinstance(leg, dict) and isinstance(leg.get("breakdown"), dict):
+            bd = leg["breakdown"]
+            found.append((f"migration {n + 1} → {bd.get('to') or leg.get('to') or '?'}", bd))
+    top = sub_object(measure, "breakdown")
+    if not found and top:
+        found.append((f"migration 1 → {top.get('to') or '?'}", top))
+    return found
+
+
+def breakdown_segments(bd: dict[str, Any]) -> list[dict[str, Any]]:
+    """The breakdown's segments that are well-formed (a number of ms and a label)."""
+    raw = bd.get("segments")
+    return [
+        s
+        for s in (raw if isinstance(raw, list) else [])
+        if isinstance(s, dict)
+        and number(s.get("ms")) is not None
+        and isinstance(s.get("label"), str)
+    ]
+
+
+def breakdown_text(bd: dict[str, Any]) -> str | None:
+    """The outage in words, its biggest segment named: "outage 84.0 ms: 12.0 ms QEMU
+    stop-to-resume, 61.0 ms until the backup's vhost ring was enabled, 11.0 ms to the first
+    reply; the biggest: 61.0 ms until ..."; moments outside it after that. Without probes
+    the switch-over's segments ("switch-over: ..."). None without segments."""
+    outage = number(bd.get("outage_ms"))
+    segments = breakdown_segments(bd)
+    shown = [s for s in segments if s.get("in_outage")] if outage is not None else segments
+    if not shown:
+        return None
+    parts = ", ".join(f"{float(s['ms']):.1f} ms {s['label']}" for s in shown)
+    head = f"outage {outage:.1f} ms" if outage is not None else "switch-over"
+    text = f"{head}: {parts}"
+    big = max(shown, key=lambda s: float(s["ms"]))
+    if len(shown) > 1:
+        text += f"; the biggest: {float(big['ms']):.1f} ms {big['label']}"
+    outside = _outside_words(bd, outage)
+    return text + (f" ({outside})" if outside else "")
+
+
+def _outside_words(bd: dict[str, Any], outage: float | int | None) -> str:
+    """The moments outside the outage, as "STOP 20.9 ms before the last reply"."""
+    if outage is None:
+        return ""
+    raw = bd.get("moments")
+    words = []
+    for m in raw if isinstance(raw, list) else []:
+        at = number(m.get("ms")) if isinstance(m, dict) else None
+        if at is None or 0 <= at <= outage:
+            continue
+        name = MOMENT_WORDS.get(str(m.get("name")), str(m.get("name")))
+        if at < 0:
+            words.append(f"{name} {-at:.1f} ms before the last reply")
+        else:
+            words.append(f"{name} {at - outage:.1f} ms after the first reply")
+    return ", ".join(words)
 
 
 def outage_window(measure: dict[str, Any]) -> str | None:

@@ -21,9 +21,13 @@ from markupsafe import Markup
 from vhostlm import __version__
 from vhostlm.report.figures import (
     FigureRow,
+    breakdown_segments,
+    breakdown_text,
+    case_breakdowns,
     case_measure,
     duration_text,
     figure_rows,
+    format_number,
     number,
     seconds_text,
     sub_object,
@@ -182,6 +186,28 @@ class _StepView:
 
 
 @dataclass(frozen=True)
+class _BarSegment:
+    """One segment of a breakdown bar: its colour class, share of the bar (percent, as
+    text for the style attribute), its words, inside the outage or not, the biggest."""
+
+    cls: str
+    width: str
+    text: str
+    inside: bool
+    biggest: bool
+
+
+@dataclass(frozen=True)
+class _BarView:
+    """One migration's outage breakdown: a stacked bar of its segments and the words."""
+
+    title: str
+    text: str
+    segments: list[_BarSegment]
+    note: str
+
+
+@dataclass(frozen=True)
 class _CaseView:
     """One case's section: head, key-figure cards, plot or note, steps, figure tables."""
 
@@ -194,6 +220,7 @@ class _CaseView:
     plot: bool
     steps: list[_StepView]
     tables: list[tuple[str, list[tuple[str, str, str]]]]
+    bars: list[_BarView]
 
 
 @cache
@@ -266,7 +293,62 @@ def _case_view(index: int, case: CaseResult) -> _CaseView:
             _StepView(s.name, s.verdict, s.detail, seconds_text(s.duration_s)) for s in case.steps
         ],
         tables=_figure_tables(rows),
+        bars=_breakdown_bars(case),
     )
+
+
+_SEGMENT_ENDS = ("last_reply", "stop", "resume", "ready", "first_reply", "announce")
+
+
+def _breakdown_bars(case: CaseResult) -> list[_BarView]:
+    """One stacked bar per migration: its segments in time order, each as wide as its share
+    of the time from the first moment to the last (those outside the outage hatched)."""
+    bars = []
+    for title, bd in case_breakdowns(case):
+        segments = breakdown_segments(bd)
+        text = breakdown_text(bd)
+        total = sum(max(float(s["ms"]), 0.0) for s in segments)
+        if not segments or text is None or total <= 0:
+            continue
+        summed = [s for s in segments if s.get("in_outage")] or segments
+        big = max(summed, key=lambda s: float(s["ms"]))
+        views = [
+            _BarSegment(
+                cls=f"bd-{s.get('end')}" if s.get("end") in _SEGMENT_ENDS else "bd-other",
+                width=f"{100.0 * max(float(s['ms']), 0.0) / total:.3f}",
+                text=f"{format_number(round(float(s['ms']), 1))} ms {s['label']}",
+                inside=bool(s.get("in_outage")) or number(bd.get("outage_ms")) is None,
+                biggest=s is big,
+            )
+            for s in segments
+        ]
+        bars.append(_BarView(title, text, views, _breakdown_note(bd)))
+    return bars
+
+
+def _breakdown_note(bd: dict[str, Any]) -> str:
+    """The sum against the outage, the ready line it was timed by, what is missing."""
+    parts = []
+    total, outage = number(bd.get("sum_ms")), number(bd.get("outage_ms"))
+    spread, diff = number(bd.get("uncertainty_ms")), number(bd.get("difference_ms"))
+    if total is not None and outage is not None:
+        part = (
+            f"segments in the outage sum to {format_number(total)} ms of {format_number(outage)} ms"
+        )
+        if diff is not None:
+            part += f" (difference {format_number(diff)} ms"
+            part += f", uncertainty ± {format_number(spread)} ms)" if spread is not None else ")"
+        parts.append(part)
+    order = bd.get("out_of_order")
+    if isinstance(order, list) and order:
+        parts.append("out of order: " + ", ".join(str(o) for o in order))
+    missing = bd.get("missing")
+    if isinstance(missing, list) and missing:
+        parts.append("not seen: " + ", ".join(str(m) for m in missing))
+    line = bd.get("ready_line")
+    if isinstance(line, str) and line:
+        parts.append(f"ready: {line}")
+    return "; ".join(parts)
 
 
 def _cards(rows: list[FigureRow]) -> list[tuple[str, str]]:

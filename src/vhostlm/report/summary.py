@@ -10,7 +10,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vhostlm.report.figures import case_measure, mib, number, seconds_text
+from vhostlm.report.figures import (
+    breakdown_text,
+    case_breakdowns,
+    case_measure,
+    mib,
+    number,
+    seconds_text,
+)
 from vhostlm.report.results import VERDICTS, CaseResult, RunResult
 
 _HEADERS = ("case", "step", "verdict", "detail")
@@ -61,6 +68,7 @@ def _case_lines(case: CaseResult, color: bool) -> list[str]:
     outage = _outage_line(case)
     if outage:
         lines.append(outage)
+    lines += _breakdown_lines(case)
     if case.reason and case.verdict != "pass":
         lines.append(f"  reason: {_one_line(case.reason, limit=200)}")
     return lines
@@ -110,6 +118,15 @@ def _clock_lines(result: RunResult) -> list[str]:
                 f"the probe interval ({interval:g} ms): its events are placed that loosely"
             )
     return lines
+
+
+def _breakdown_lines(case: CaseResult) -> list[str]:
+    """Each migration's outage explained, its biggest segment named (issue 13)."""
+    found = [(title, breakdown_text(bd)) for title, bd in case_breakdowns(case)]
+    found = [(title, text) for title, text in found if text]
+    if len(found) == 1:
+        return [f"  {found[0][1]}"]
+    return [f"  {title}: {text}" for title, text in found]
 
 
 def _result_line(result: RunResult, color: bool) -> str:

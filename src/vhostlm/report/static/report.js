@@ -12,7 +12,8 @@
   var MARKS = [
     ["migrate", "migrate", "#6b7280"], ["setup", "setup", "#6b7280"],
     ["active", "active", "#b45309"], ["stop", "STOP", "#6d28d9"],
-    ["resume", "RESUME", "#6d28d9"], ["announce", "announce", "#15803d"],
+    ["resume", "RESUME", "#6d28d9"], ["ready", "ready", "#0369a1"],
+    ["announce", "announce", "#15803d"],
     ["completed", "completed", "#0f766e"]
   ];
   var MAX_BINS = 20000000, LABEL_ROW = 15, LABEL_ROWS = 3;
