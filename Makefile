@@ -8,7 +8,8 @@ PYTHON    ?= python3
 APT_PACKAGES := python3 python3-venv python3-pip \
 	dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-net-af-packet23 \
 	librte-mempool-ring23 busybox-static cpio iproute2 tcpdump ethtool kmod procps \
-	iputils-ping chromium openssh-server openssh-client dpdk openssl gcc libc6-dev libfaketime
+	iputils-ping chromium openssh-server openssh-client dpdk openssl gcc libc6-dev libfaketime \
+	mmdebstrap syslinux syslinux-common mtools dosfstools fdisk
 RUN_ARGS  ?=
 PYTEST_ARGS ?=
 # QEMU before 9.0 loses TCG guest writes from the migration's dirty bitmap ("physmem: Fix
@@ -20,7 +21,7 @@ QEMU_MIN  := 9
 QEMU_MAJOR = qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p'
 BACKPORTS := /etc/apt/sources.list.d/vhostlm-bookworm-backports.list
 
-.PHONY: all run test deps venv image lint unit e2e bench clean down
+.PHONY: all run test deps venv image disk lint unit e2e bench clean down
 
 all: test
 
@@ -63,6 +64,9 @@ venv: $(VENV)/.installed
 image: deps venv
 	$(VHOSTLM) image build
 
+disk: deps venv
+	$(VHOSTLM) image disk
+
 run: deps venv image
 	$(VHOSTLM) run $(RUN_ARGS)
 
@@ -73,7 +77,7 @@ lint: venv
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
-test: deps venv image lint
+test: deps venv image disk lint
 	$(VENV)/bin/pytest -v -rs tests $(PYTEST_ARGS)
 
 bench: deps venv image

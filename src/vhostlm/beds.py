@@ -75,6 +75,10 @@ class BedSetup(ABC):
     def accel(self, image: GuestImage, rundir: RunDir, cache: Path) -> str:
         """kvm or tcg: what the guests will run under."""
 
+    def guest_image(self) -> tuple[str, str, Path | None] | None:
+        """(image path, login, password file) of the testbed's own guest image; None."""
+        return None
+
     @abstractmethod
     def down(self) -> list[str]:
         """Take down what `up` built; the problems met, in words."""
@@ -164,17 +168,30 @@ class SshSetup(BedSetup):
             "kvm" if boots_under_kvm(remote.node("host"), kernel, initrd, rundir, qemu) else "tcg"
         )
 
+    def guest_image(self) -> tuple[str, str, Path | None] | None:
+        """(image path on the nodes, login, password file here) of guest.image, or None."""
+        g = self.spec.guest
+        if g.image is None:
+            return None
+        return g.image, g.user, Path(g.password_file) if g.password_file else None
+
     def down(self) -> list[str]:
         """Unbind ports, remove the run's directories on every node."""
         return self.remote.down() if self.remote is not None else []
 
 
-def bed_setup(testbed: Path | None, qemu: str | None = None) -> BedSetup:
+def bed_setup(
+    testbed: Path | None, qemu: str | None = None, guest_image: Path | None = None
+) -> BedSetup:
     """The lab when no testbed file is given, else the file's servers (read and checked);
-    `qemu` (--qemu): the QEMU binary host and backup run instead of their default."""
+    `qemu` (--qemu): the QEMU binary host and backup run instead of their default;
+    `guest_image` (--guest-image): the testbed's guest.image instead of its own."""
     if testbed is None:
         return LabSetup(qemu or QEMU_BINARY)
     spec = load_testbed(testbed)
+    if guest_image is not None:
+        guest = spec.guest.model_copy(update={"image": str(guest_image.resolve())})
+        spec = spec.model_copy(update={"guest": guest})
     if qemu is not None:
         nodes = spec.nodes.model_copy(
             update={

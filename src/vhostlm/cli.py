@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +72,14 @@ def build_parser() -> Parser:
     image_sub = image.add_subparsers(dest="image_command", parser_class=Parser)
     build = image_sub.add_parser("build", help="build (or reuse) the guest initramfs")
     build.add_argument("--force", action="store_true")
+    disk = image_sub.add_parser(
+        "disk", help="build (or reuse) a Debian 12 disk image to boot with --guest-image"
+    )
+    disk.add_argument(
+        "--output", type=Path, metavar="FILE",
+        help="also copy it (qcow2) to FILE, with its root password in FILE.password",
+    )  # fmt: skip
+    disk.add_argument("--force", action="store_true", help="build again even if cached")
     return parser
 
 
@@ -211,13 +220,39 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if doc.ok else 1
 
 
+def cmd_image_disk(args: argparse.Namespace) -> int:
+    """`vhostlm image disk [--output FILE]`: the cached Debian image, copied out if asked."""
+    from vhostlm.image.disk import build_disk, password_file
+    from vhostlm.preflight import check_root
+    from vhostlm.runner import CACHE_DIR
+
+    out: Path | None = args.output
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise UsageError(f"--output {out}: give a file name in an existing directory")
+    check_root()  # mmdebstrap's root mode, chroot
+    img = build_disk(CACHE_DIR / "disks", log=print, force=args.force)
+    path, secret = img.path, img.password_file
+    if out is not None:
+        shutil.copyfile(img.path, out)
+        secret = password_file(out)
+        secret.touch(mode=0o600)
+        secret.write_text(img.password_file.read_text())
+        path = out
+    print(f"disk image {path} (kernel {img.kernel_version}, DPDK {img.dpdk_version})")
+    print(f"login {img.user}, password in {secret}")
+    print(f"boot it with: vhostlm run --guest-image {path}")
+    return 0
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     """`vhostlm image build`."""
     from vhostlm.image.build import build_image
     from vhostlm.runner import CACHE_DIR
 
+    if args.image_command == "disk":
+        return cmd_image_disk(args)
     if args.image_command != "build":
-        raise UsageError("image: say build")
+        raise UsageError("image: say build or disk")
     img = build_image(CACHE_DIR / "images", log=print, force=args.force)
     print(f"kernel {img.kernel}\ninitrd {img.initrd}\nguest kernel {img.kernel_version}")
     return 0

@@ -16,9 +16,14 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vhostlm.addresses import GUEST_MAC, PROBE_PPS, SEED_PPS
+from vhostlm.addresses import GUEST_MAC, PROBE_PPS, SEED_PPS, TESTER_MAX_PPS
 from vhostlm.errors import UsageError
-from vhostlm.guests.contract import GUEST_BASE_MB, GUEST_HUGEPAGES, memcheck_room_mb
+from vhostlm.guests.contract import (
+    DISK_BASE_MB,
+    GUEST_BASE_MB,
+    GUEST_HUGEPAGES,
+    memcheck_room_mb,
+)
 from vhostlm.paths import check_file_target, check_output_dir
 
 if TYPE_CHECKING:
@@ -78,11 +83,37 @@ def check_probe_size(flag: str, value: int) -> None:
     check(value)
 
 
+def check_rate(flag: str, value: float) -> None:
+    """A rate the tester can send: at most TESTER_MAX_PPS (measured: see addresses.py).
+
+    A higher one used to start the lab and the guest, then time out waiting for the
+    tester's first progress line (or run with a stream far below the rate asked)."""
+    if value > TESTER_MAX_PPS:
+        raise UsageError(
+            f"{flag} {value:g} is above the highest rate the tester supports, "
+            f"{TESTER_MAX_PPS:g} probes/s (its send loop, as measured): use at most "
+            f"{TESTER_MAX_PPS:g}"
+        )
+
+
 def check_qemu(flag: str, value: str) -> None:
     """An executable QEMU system emulator: it runs and says `QEMU emulator version`."""
     from vhostlm.apps.qemu import probe_qemu_version
 
     probe_qemu_version(flag, value)
+
+
+def check_guest_image(flag: str, value: Path) -> None:
+    """A raw or qcow2 disk image qemu-img can read (guests/disk.py says why not)."""
+    from vhostlm.guests.disk import image_format
+
+    image_format(value)
+
+
+def guest_password_file(image: Path, given: Path | None) -> Path:
+    """The file holding the guest login's password: --guest-password-file, else the one
+    `vhostlm image disk` keeps beside the image (<image>.password)."""
+    return given if given is not None else image.with_name(image.name + ".password")
 
 
 # --- the declaration --------------------------------------------------------------------
@@ -117,8 +148,9 @@ class RunOptions:
     """Knobs of a run that the cases read; defaults follow the seed plan."""
 
     pps: float | None = option(
-        None, "--pps", parse=positive(float),
-        help=f"tester rate (default {PROBE_PPS:g} probes/s; {SEED_PPS:g}/s with --seed-traffic)",
+        None, "--pps", parse=positive(float), check=check_rate,
+        help=f"tester rate (default {PROBE_PPS:g} probes/s; {SEED_PPS:g}/s with --seed-traffic;"
+        f" at most {TESTER_MAX_PPS:g})",
     )  # fmt: skip  # None: PROBE_PPS with probes, SEED_PPS without
     probes: bool = option(
         True, "--seed-traffic", action="store_false",
@@ -208,8 +240,26 @@ class RunOptions:
         help="the QEMU binary both QEMUs of every case run (default: qemu-system-x86_64 on "
         "PATH; on a testbed, each node's qemu:)",
     )  # fmt: skip
+    guest_image: Path | None = option(
+        None, "--guest-image", parse=path, metavar="FILE", check=check_guest_image,
+        help="boot this raw or qcow2 disk image (through its own bootloader) instead of "
+        "vhostlm's initramfs; it is never written: each case boots an overlay of it",
+    )  # fmt: skip
+    guest_user: str = option(
+        "root", "--guest-user", metavar="NAME",
+        help="the login on the guest image's serial console (default root)",
+    )  # fmt: skip
+    guest_password_file: Path | None = option(
+        None, "--guest-password-file", parse=path, metavar="FILE",
+        help="the file holding that login's password (default: FILE.password beside the "
+        "image, as `vhostlm image disk` writes it)",
+    )  # fmt: skip
+    boot_timeout_s: float = option(
+        90.0, "--boot-timeout", parse=positive(float), metavar="S",
+        help="fail a guest that has no shell (or login prompt) S seconds after QEMU started "
+        "(default 90)",
+    )  # fmt: skip
     # not on the command line
-    boot_timeout_s: float = 90.0
     after_packets: int = 10
     warmup_s: float = 1.0  # answered probes before migrating, in seconds of traffic
     after_timeout_s: float = 30.0
@@ -220,7 +270,13 @@ class RunOptions:
         of the guest's RAM, less where its boot-time hugepages leave too little."""
         if self.memcheck_mb is not None:
             return self.memcheck_mb
-        return max(0, min(self.guest_mem_mb // 4, memcheck_room_mb(self.guest_mem_mb)))
+        room = memcheck_room_mb(self.guest_mem_mb, self.guest_base_mb)
+        return max(0, min(self.guest_mem_mb // 4, room))
+
+    @property
+    def guest_base_mb(self) -> int:
+        """What the guest needs of its RAM besides hugepages: more for a distro image."""
+        return DISK_BASE_MB if self.guest_image is not None else GUEST_BASE_MB
 
     @property
     def rate(self) -> float:
@@ -325,16 +381,25 @@ def validate(target: RunTarget, options: RunOptions) -> None:
         if given and not getattr(options, needed):
             names = " and ".join(h.flag for _, h in users)
             raise UsageError(f"{names} need {needed}: drop {flag_for(needed)}")
-    room = memcheck_room_mb(options.guest_mem_mb)
+    room = memcheck_room_mb(options.guest_mem_mb, options.guest_base_mb)
     if options.memcheck_mb and options.memcheck_mb > room:
         raise UsageError(
             f"--memcheck-mb {options.memcheck_mb} does not fit in the guest's "
             f"{options.guest_mem_mb} MiB (--guest-mem): at most {max(room, 0)}, after its "
-            f"{2 * GUEST_HUGEPAGES} MiB of boot-time hugepages and {GUEST_BASE_MB} MiB for "
+            f"{2 * GUEST_HUGEPAGES} MiB of hugepages and {options.guest_base_mb} MiB for "
             "its kernel and programs; give less, or 0 to turn it off"
         )
+    if options.guest_image is None and options.guest_password_file is not None:
+        raise UsageError("--guest-password-file needs --guest-image: give the image too")
     for obj in (options, target):
         for f, how in flags_of(type(obj)):
             value = getattr(obj, f.name)
             if how.check is not None and value is not None:
                 how.check(how.flag, value)
+    if options.guest_image is not None:
+        secret = guest_password_file(options.guest_image, options.guest_password_file)
+        if not secret.is_file():
+            raise UsageError(
+                f"--guest-image {options.guest_image}: no password file {secret}: give "
+                "--guest-password-file FILE with the password of --guest-user"
+            )

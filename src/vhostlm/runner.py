@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import platform
 import secrets
@@ -14,11 +16,14 @@ from types import FrameType
 from vhostlm import __version__
 from vhostlm.apps.qemu import qemu_version as parse_qemu
 from vhostlm.backends.testpmd import TESTPMD_MB
-from vhostlm.beds import Budget, bed_setup, this_machine
-from vhostlm.errors import SetupError
+from vhostlm.beds import BedSetup, Budget, bed_setup, this_machine
+from vhostlm.errors import SetupError, UsageError
+from vhostlm.guests.disk import DiskSpec, image_format
 from vhostlm.image.build import build_image
 from vhostlm.image.cache import GuestImage
 from vhostlm.nodes.clock import Clocks
+from vhostlm.nodes.local import LocalNode
+from vhostlm.options import guest_password_file
 from vhostlm.plans.env import LabEnv, RunOptions
 from vhostlm.plans.flow import run_case
 from vhostlm.plans.spec import CaseSpec
@@ -28,6 +33,7 @@ from vhostlm.report.progress import Progress
 from vhostlm.report.results import RunResult, now_iso, write_results
 from vhostlm.rundir import RunDir
 from vhostlm.testbed.cleanup import teardown_runtime
+from vhostlm.testbed.topology import Topology
 
 CACHE_DIR = Path(os.environ.get("VHOSTLM_CACHE", "/var/cache/vhostlm"))
 
@@ -56,6 +62,45 @@ def image(progress: Progress) -> GuestImage:
     return build_image(CACHE_DIR / "images", log=progress.note)
 
 
+def guest_login(options: RunOptions, setup: BedSetup) -> tuple[str, str, str] | None:
+    """(image, user, password) of the run's own guest image: --guest-image, else the
+    testbed's guest.image; None for vhostlm's initramfs. Checked before anything starts:
+    the password file must exist (its content is held in memory only)."""
+    remote = setup.guest_image()
+    if remote is None and options.guest_image is None:
+        return None
+    if remote is not None:
+        image, user, given = remote
+        given = options.guest_password_file or given
+    else:
+        assert options.guest_image is not None
+        image, user, given = str(options.guest_image.resolve()), options.guest_user, None
+        given = options.guest_password_file
+    secret = guest_password_file(Path(image), given)
+    if not secret.is_file():
+        raise UsageError(
+            f"guest image {image}: no password file {secret}: give --guest-password-file "
+            "(or guest.password_file in the testbed file)"
+        )
+    return image, user, secret.read_text().strip()
+
+
+def disk_spec(login: tuple[str, str, str] | None, bed: Topology) -> DiskSpec | None:
+    """The guest image's spec, its format read where host's QEMU will open it."""
+    if login is None:
+        return None
+    image, user, password = login
+    node = bed.node("host")
+    if isinstance(node, LocalNode):
+        fmt = image_format(Path(image))
+    else:
+        info = json.loads(node.run(["qemu-img", "info", "--output=json", "-U", image]))
+        fmt = str(info.get("format", ""))
+        if fmt not in ("raw", "qcow2"):
+            raise UsageError(f"guest.image {image}: a {fmt} image; give a raw or qcow2 one")
+    return DiskSpec(Path(image), fmt, user, password)
+
+
 def _last_reading(clocks: Clocks, progress: Progress) -> None:
     """The clocks read once more after the cases: a node gone now is a note, not an error
     (the cases' own readings already corrected their times)."""
@@ -75,8 +120,11 @@ def run_plan(
 ) -> RunResult:
     """Run `cases` on a fresh embedded lab, or on the servers of a `testbed` file; the lab
     is gone (ports restored, run directories removed) when this returns or raises."""
-    setup = bed_setup(testbed, options.qemu)
+    setup = bed_setup(testbed, options.qemu, options.guest_image)
     setup.check(budget(options))
+    login = guest_login(options, setup)
+    if login is not None and options.guest_image is None:  # the testbed's guest.image
+        options = dataclasses.replace(options, guest_image=Path(login[0]))  # sizes its memory
     started = time.monotonic()
     out = (output or default_output()).resolve()
     rundir = RunDir(out, secrets.token_hex(3))
@@ -124,7 +172,11 @@ def run_plan(
         t = time.monotonic()
         result.accel = setup.accel(img, rundir, CACHE_DIR / "accel.json")
         result.phases["accel_probe_s"] = round(time.monotonic() - t, 3)
-        env = LabEnv(rundir, bed, img, result.accel, options, progress, parse_qemu(qemu))
+        env = LabEnv(rundir, bed, img, result.accel, options, progress, parse_qemu(qemu),
+                     disk_spec(login, bed))  # fmt: skip
+        if env.disk is not None:
+            result.host["guest_image"] = str(env.disk.image)
+            result.host["guest_image_format"] = env.disk.fmt
         result.host["guest_cpu"] = env.cpu
         for case in cases:
             result.cases.append(run_case(case, env))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -67,3 +68,14 @@ def live(hugepages_before: int) -> Iterator[list[LiveRun]]:
         assert run.run_id, run.output()
         assert leftovers(run.run_id) == [], run.output()
     assert hugepages_baseline() == hugepages_before
+
+
+@pytest.fixture(scope="session")
+def disk_image() -> Path:
+    """The Debian disk image of `vhostlm image disk` (cached: `make test` builds it first
+    with `make disk`)."""
+    proc = vhostlm("image", "disk", timeout=1200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = re.search(r"^disk image (\S+) ", proc.stdout, re.M)
+    assert found, proc.stdout
+    return Path(found[1])

@@ -112,6 +112,29 @@ def test_seed_plan_over_ssh_passes_and_leaves_nothing(
         made.rmdir()
 
 
+def test_the_seed_plan_over_ssh_boots_the_testbeds_guest_image(
+    ssh_lab: tuple[str, Path], tmp_path: Path, disk_image: Path
+) -> None:
+    """guest.image in the testbed file: host and backup see the one image (checksummed),
+    both QEMUs boot an overlay beside it, both seed cases pass; nothing is left there."""
+    data = yaml.safe_load(ssh_lab[1].read_text())
+    data["guest"]["image"] = str(disk_image)  # the lab's nodes share this filesystem
+    testbed = tmp_path / "testbed.yaml"
+    testbed.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    proc = vhostlm("run", "--testbed", str(testbed), "--output", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = load(out / "results.json")
+    assert [c["verdict"] for c in result["cases"]] == ["pass", "pass"]
+    assert result["host"]["guest_image"] == str(disk_image)
+    digest = hashlib.sha256(disk_image.read_bytes()).hexdigest()
+    assert result["host"]["guest_image_sha256"] == digest  # unchanged, and seen by both
+    assert result["host"]["guest_image_mount_host"] == result["host"]["guest_image_mount_backup"]
+    commands = (out / "commands.sh").read_text()
+    assert f"file={disk_image.parent}/.vhostlm-{result['run_id']}-virtio_net.qcow2" in commands
+    assert list(disk_image.parent.glob(".vhostlm-*.qcow2")) == []
+
+
 SKEW_S = -2.5  # the backup's programs read a wall clock 2.5 s behind (libfaketime)
 
 

@@ -25,6 +25,16 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     ("non-numeric-rate", ["run", "--pps", "fast"], "argument --pps: 'fast' is not a number"),
     ("nan-rate", ["run", "--pps", "nan"], "argument --pps: 'nan' is not a finite number"),
     ("infinite-rate", ["run", "--pps", "inf"], "argument --pps: 'inf' is not a finite number"),
+    (
+        "unsendable-rate",
+        ["run", "--pps", "1e9", "--case", "virtio_net"],
+        "--pps 1e+09 is above the highest rate the tester supports, 20000 probes/s",
+    ),
+    (
+        "unsendable-seed-rate",
+        ["run", "--seed-traffic", "--pps", "20001"],
+        "--pps 20001 is above the highest rate the tester supports",
+    ),
     ("bad-mac", ["run", "--dst-mac", "52:54:00"], "argument --dst-mac: '52:54:00' is not a MAC"),
     ("non-hex-mac", ["run", "--dst-mac", "zz:54:00:00:00:01"], "argument --dst-mac"),
     ("unknown-case", ["run", "--case", "nope"], "--case: unknown case 'nope'"),
@@ -121,6 +131,31 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
         ["doctor", "--testbed", "{tmp}/adir/unknown.yaml"],
         "nodes.host.adress: unknown key",
     ),  # fmt: skip
+    (
+        "missing-guest-image",
+        ["run", "--guest-image", "{tmp}/nope.qcow2"],
+        "--guest-image {tmp}/nope.qcow2: no such file (give a raw or qcow2 disk image)",
+    ),
+    (
+        "non-image-guest-image",
+        ["run", "--guest-image", "{tmp}/afile"],
+        "--guest-image {tmp}/afile: not a bootable disk image (no boot record in its first sector)",
+    ),
+    (
+        "directory-guest-image",
+        ["run", "--guest-image", "{tmp}/adir"],
+        "--guest-image {tmp}/adir: no such file",
+    ),
+    (
+        "password-file-without-image",
+        ["run", "--guest-password-file", "{tmp}/afile"],
+        "--guest-password-file needs --guest-image",
+    ),
+    (
+        "zero-boot-timeout",
+        ["run", "--boot-timeout", "0"],
+        "argument --boot-timeout: '0' must be greater than 0",
+    ),
 ]
 
 _NODE = "{ssh: {address: 192.0.2.%d%s}, port: {%s}}"

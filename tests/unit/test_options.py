@@ -21,7 +21,7 @@ FIELDS = {
     "round_trips": None, "downtime_limit_ms": None, "max_bandwidth_mbps": None,
     "converge_timeout_s": 20.0, "guest_memory": "hugetlbfs", "migration_tls": False,
     "vhost_mode": "server", "probe_size": 256, "memcheck_mb": None, "verify_ram": False,
-    "qemu": None,
+    "qemu": None, "guest_image": None, "guest_user": "root", "guest_password_file": None,
 }  # fmt: skip
 HELP_ORDER = [
     "--plan", "--case", "--output", "--pps", "--seed-traffic", "--max-outage-ms", "--max-loss",
@@ -29,7 +29,7 @@ HELP_ORDER = [
     "--converge-timeout", "--guest-memory", "--guest-smp", "--dst-mac", "--guest-mem",
     "--migration-timeout", "--migration-tls", "--no-backup-backend", "--switch-learning",
     "--cpu", "--vhost-mode", "--probe-size", "--memcheck-mb", "--verify-ram", "--qemu",
-    "--testbed",
+    "--guest-image", "--guest-user", "--guest-password-file", "--boot-timeout", "--testbed",
 ]  # fmt: skip
 
 

@@ -67,6 +67,8 @@ class TestPmdReceiver:
     """
 
     __test__ = False
+    # a distro's getty prompting again: the shell testpmd ran in has gone
+    SESSION_ENDED = r"\n[\w.-]+ login: "
 
     def __init__(self, probes: bool, lcores: str = "0-1") -> None:
         self.probes = probes
@@ -89,8 +91,14 @@ class TestPmdReceiver:
             self.commands.append(cmd)
             shell.run(cmd)
         mark = self._type(shell, f"dpdk-testpmd -l {self.lcores} -n 4 --iova-mode=pa -- -i")
-        pattern = f"{re.escape(PROMPT)}|{re.escape(SHELL_PROMPT)}"
-        if shell.console.output.expect(pattern, 120, since=mark).group(0) != PROMPT:
+        pattern = f"{re.escape(PROMPT)}|{re.escape(SHELL_PROMPT)}|{self.SESSION_ENDED}"
+        found = shell.console.output.expect(pattern, 120, since=mark).group(0)
+        if found.endswith("login: "):
+            raise SetupError(
+                "the guest's login session ended as its testpmd started (killed: out of "
+                "memory?): give the guest more --guest-mem, or its checker less --memcheck-mb"
+            )
+        if found != PROMPT:
             lines = shell.console.output.since(mark).strip().splitlines()
             why = next((ln for ln in reversed(lines) if "EAL: Error" in ln or "Cause" in ln), "")
             raise SetupError(f"guest testpmd exited: {why or lines[-2:]}")
@@ -129,10 +137,14 @@ class KernelReceiver:
     With probes the interface also gets GUEST_IP, so the kernel answers ICMP echo.
     """
 
-    def __init__(self, probes: bool, queues: int = 1, interval_us: int = 100000) -> None:
+    def __init__(
+        self, probes: bool, queues: int = 1, interval_us: int = 100000, pause: str | None = None
+    ) -> None:
+        """`pause`: the command the counter loop waits with (default busybox's usleep)."""
         self.probes = probes
         self.queues = queues
         self.interval_us = interval_us
+        self.pause = pause or f"usleep {interval_us}"
         self.commands: list[str] = []
         self.iface = "eth0"
 
@@ -153,7 +165,7 @@ class KernelReceiver:
         # in the background, so the shell stays free for commands during the migration
         loop = (
             f"(while :; do echo RX $(cat /sys/class/net/{self.iface}/statistics/rx_packets); "
-            f"usleep {self.interval_us}; done) &"
+            f"{self.pause}; done) &"
         )
         self.commands.append(loop)
         # no terminal echo from now on: the loop's lines would split the echoed commands

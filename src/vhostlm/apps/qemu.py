@@ -143,8 +143,8 @@ class VmSpec:
     """Everything that shapes one QEMU instance; source and destination differ only in a few."""
 
     name: str
-    kernel: Path
-    initrd: Path
+    kernel: Path | None  # None with a boot disk: the disk's bootloader finds its kernel
+    initrd: Path | None
     vhost_socket: Path
     qmp_socket: Path
     console_socket: Path
@@ -165,6 +165,9 @@ class VmSpec:
     hold: bool = False
     vhost_server: bool = False  # QEMU listens on the vhost-user socket (--vhost-mode client)
     disk: Path | None = None  # a shared disk image (the seed's NFS one), attached read-only
+    # the guest's own disk (an overlay of the user's image), booted through its bootloader;
+    # source and destination open the same file, the destination inactive until switch-over
+    boot_disk: Path | None = None
     # a second serial port (the guest's ttyS1) for the memory checker's reports, apart
     # from the console so that its lines never mix with testpmd's or the shell's
     check_socket: Path | None = None
@@ -196,9 +199,8 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-smp", str(spec.smp),
         "-object", backend,
         "-numa", "node,memdev=mem",
-        "-kernel", str(spec.kernel),
-        "-initrd", str(spec.initrd),
-        "-append", spec.append,
+        *(["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.append]
+          if spec.kernel is not None and spec.initrd is not None else []),
         "-chardev", f"socket,id=char0,path={spec.vhost_socket}"
         + (",server=on,wait=off" if spec.vhost_server else ""),
         "-netdev", netdev,
@@ -212,6 +214,9 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-nodefaults",
         "-no-user-config",
     ]  # fmt: skip
+    if spec.boot_disk is not None:
+        argv += ["-drive", f"file={spec.boot_disk},if=none,id=boot0,format=qcow2",
+                 "-device", "virtio-blk-pci,drive=boot0,bootindex=1"]  # fmt: skip
     if spec.disk is not None:
         # read-only: source and destination open the same file on shared storage at once
         argv += ["-drive", f"file={spec.disk},if=none,id=disk0,format=raw,readonly=on",

@@ -9,6 +9,7 @@ first implementation; each new kind (a user's disk image) is one module beside i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import Receiver
 from vhostlm.apps.qemu import QemuVm
+from vhostlm.rundir import RunDir
 from vhostlm.testbed.topology import Topology
 
 
@@ -28,17 +30,22 @@ class Driver(StrEnum):
 
 @dataclass(frozen=True)
 class BootFiles:
-    """What QEMU boots on one node: a kernel and initrd, and a disk if there is one."""
+    """What QEMU boots on one node: a kernel and initrd (vhostlm's image), or a boot disk
+    with its own bootloader (a user's image); and a shared data disk if there is one."""
 
-    kernel: Path
-    initrd: Path
+    kernel: Path | None
+    initrd: Path | None
     disk: Path | None = None
+    boot_disk: Path | None = None  # a qcow2 overlay, booted through its bootloader
 
 
 class Guest(ABC):
     """A kind of guest: its boot, its shell, its drivers."""
 
     kind = ""  # as a case spec names it
+
+    def prepare(self, bed: Topology, rundir: RunDir, stack: ExitStack) -> None:  # noqa: B027
+        """Make what the case's QEMUs boot (undone by `stack`); most guests have nothing to do."""
 
     @abstractmethod
     def boot_files(self, bed: Topology, role: str) -> BootFiles:

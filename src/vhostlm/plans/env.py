@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vhostlm.guests.disk import DiskSpec
 from vhostlm.image.cache import GuestImage
 from vhostlm.options import RunOptions as RunOptions  # declared beside its flags
 from vhostlm.report.progress import Progress
@@ -30,6 +31,7 @@ class LabEnv:
     options: RunOptions
     progress: Progress
     qemu_version: tuple[int, int] | None = None  # the host's QEMU, (major, minor)
+    disk: DiskSpec | None = None  # the user's guest image (--guest-image), booted instead
 
     @property
     def cpu(self) -> str:

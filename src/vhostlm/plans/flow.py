@@ -24,6 +24,7 @@ from vhostlm.backends.base import BackendConfig, VhostBackend
 from vhostlm.backends.registry import make_backend
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.guests.base import Driver, Guest
+from vhostlm.guests.disk import DiskGuest
 from vhostlm.guests.registry import make_guest
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.stream import ExpectTimeout
@@ -60,7 +61,9 @@ class CaseFlow:
             env = dataclasses.replace(env, options=dataclasses.replace(env.options, probes=False))
         self.env = env
         self.drivers = drivers or Drivers()
-        self.guest: Guest = self.drivers.guest(spec.guest)
+        self.guest: Guest = (
+            DiskGuest(env.disk, spec.name) if env.disk else self.drivers.guest(spec.guest)
+        )
         self.result = CaseResult(name=spec.name)
         self.vitals = Vitals()
         self.stack = ExitStack()
@@ -182,7 +185,14 @@ class CaseFlow:
         self._run(runner, self.before_steps())
         assert self.traffic is not None
         self.migration = mig = Migration(
-            self.spec, self.env, runner, self.receiver, self.traffic, self.result, self.vitals
+            self.spec,
+            self.env,
+            runner,
+            self.receiver,
+            self.traffic,
+            self.result,
+            self.vitals,
+            self.backends,
         )
         try:
             for leg in range(self.legs()):
@@ -274,6 +284,7 @@ class CaseFlow:
             vhost_server=env.options.vhost_mode == "client",
             binary=bed.tools(role).qemu,
             disk=boot.disk,
+            boot_disk=boot.boot_disk,
             check_socket=(
                 Path(bed.socket_path(role, f"{tag}-memcheck.sock"))
                 if self.integrity.memcheck_mb
@@ -313,6 +324,7 @@ class CaseFlow:
     def host_vm(self, step: StepResult) -> None:
         """Prerequisite 3: the guest's QEMU starts on the host; it boots while the backup's
         backend and incoming QEMU start (they do not depend on it), `guest_boots` waits."""
+        self.guest.prepare(self.env.bed, self.env.rundir, self.stack)
         vm = self._vm("host", 0, incoming=False)
         self.stack.callback(vm.stop)
         self._boot_t0 = time.monotonic()

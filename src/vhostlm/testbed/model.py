@@ -190,6 +190,11 @@ class GuestSpec(Strict):
 
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     disk: str | None = None  # a disk image on storage both see (the seed's NFS), checksummed
+    # the user's guest, booted instead of the initramfs: a raw or qcow2 image on storage both
+    # see (checksummed), its console login and the file on this machine with its password
+    image: str | None = None
+    user: str = "root"
+    password_file: str | None = None
 
 
 class TestbedSpec(Strict):

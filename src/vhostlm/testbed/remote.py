@@ -104,6 +104,10 @@ class RemoteBed(Topology):
         """The testbed file's shared disk image."""
         return self.spec.guest.disk
 
+    def overlay_dir(self, image: str) -> str | None:
+        """Beside the image: the storage host and backup both see (checked like the disk)."""
+        return str(Path(image).parent)
+
     def tools(self, role: str) -> Tools:
         """Programs as named in the testbed file."""
         spec = self._spec(role)
@@ -139,6 +143,9 @@ class RemoteBed(Topology):
             if self.spec.guest.disk:
                 disk = self._check_disk(self.spec.guest.disk)
                 self.facts.update({f"guest_disk_{key}": value for key, value in disk.items()})
+            if self.spec.guest.image:  # shared like the disk: the overlay goes beside it
+                found = self._check_disk(self.spec.guest.image)
+                self.facts.update({f"guest_image_{k}": v for k, v in found.items() if k != "path"})
         except BaseException:
             self.down()
             raise

@@ -81,6 +81,11 @@ class Topology(ABC):
         """A disk image host and backup share, attached to the guest; None for none."""
         return None
 
+    def overlay_dir(self, image: str) -> str | None:
+        """Where a case's overlay of the guest image `image` goes, on storage host and
+        backup share; None: the run's own directory (the lab's nodes share this machine)."""
+        return None
+
     @property
     def clocks(self) -> Clocks:
         """Every role's clock against the controller's (made on first use; read by the
