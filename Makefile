@@ -9,7 +9,7 @@ APT_PACKAGES := python3 python3-venv python3-pip \
 	dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-net-af-packet23 \
 	librte-mempool-ring23 busybox-static cpio iproute2 tcpdump ethtool kmod procps \
 	iputils-ping chromium openssh-server openssh-client dpdk openssl gcc libc6-dev libfaketime \
-	mmdebstrap syslinux syslinux-common mtools dosfstools fdisk
+	mmdebstrap syslinux syslinux-common mtools dosfstools fdisk openvswitch-switch-dpdk
 RUN_ARGS  ?=
 PYTEST_ARGS ?=
 # QEMU before 9.0 loses TCG guest writes from the migration's dirty bitmap ("physmem: Fix
@@ -21,7 +21,7 @@ QEMU_MIN  := 9
 QEMU_MAJOR = qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\).*/\1/p'
 BACKPORTS := /etc/apt/sources.list.d/vhostlm-bookworm-backports.list
 
-.PHONY: all run test deps venv image disk lint unit e2e bench clean down
+.PHONY: all run test test-full deps venv image disk lint unit e2e bench clean down
 
 all: test
 
@@ -78,7 +78,11 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 test: deps venv image disk lint
-	$(VENV)/bin/pytest -v -rs tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -v -rs --durations=30 tests $(PYTEST_ARGS)
+
+# every case of the plans `make test` samples (tests/e2e/conftest.py FULL)
+test-full:
+	VHOSTLM_FULL=1 $(MAKE) test
 
 bench: deps venv image
 	$(PY) bench/seed_bench.py

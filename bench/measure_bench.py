@@ -15,12 +15,12 @@ rate per case; asserts nothing. Run as root after `make image`:
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from common import run_vhostlm
 
 NOISE_GROWTH = 1.5  # a noise p99 up to 1.5x the lowest rate's ...
 NOISE_SLACK_MS = 1.0  # ... plus 1 ms is "unchanged" (TCG's bursts vary run to run)
@@ -32,16 +32,11 @@ HEADER = ("case", "pps", "verdict", "outage_ms", "downtime_ms", "noise_p99", "no
 
 def run_case(case: str, pps: float, out: Path) -> dict[str, Any]:
     """One `vhostlm run --case CASE --pps PPS`; the case's results ({} if it wrote none)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "vhostlm", "run", "--case", case, "--pps", f"{pps:g}",
-         "--output", str(out)],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
-    results = out / "results.json"
-    if not results.exists():
-        print(f"{case} at {pps:g} pps wrote no results: {proc.stderr.strip()[-300:]}")
+    run = run_vhostlm(["--case", case, "--pps", f"{pps:g}"], out)
+    if run.results is None:
+        print(f"{case} at {pps:g} pps wrote no results: {run.stderr.strip()[-300:]}")
         return {}
-    data: dict[str, Any] = json.loads(results.read_text())["cases"][0]
+    data: dict[str, Any] = run.results["cases"][0]
     return data
 
 

@@ -10,19 +10,20 @@ medians of --runs runs side by side; it asserts nothing. Run as root after `make
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from common import boot_s, run_vhostlm
+
 from vhostlm.addresses import QEMU_BINARY
 from vhostlm.apps.console import SHELL_PROMPT
+from vhostlm.apps.qemu import VmSpec
 from vhostlm.image.build import build_image
 from vhostlm.nodes.process import Process
 from vhostlm.plans.env import TCG_CPU
@@ -42,7 +43,7 @@ def bare_boot(rundir: RunDir, n: int) -> list[float]:
         argv = [
             QEMU_BINARY, "-machine", "pc,accel=tcg", "-cpu", TCG_CPU, "-m", "1024M", "-smp", "2",
             "-kernel", str(img.kernel), "-initrd", str(img.initrd),
-            "-append", "console=ttyS0 hugepages=256 init_on_alloc=0 panic=-1 quiet", "-nodefaults",
+            "-append", VmSpec.append, "-nodefaults",
             "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
         ]  # fmt: skip
         proc = Process(f"boot-{i}", argv, rundir)
@@ -58,15 +59,12 @@ def bare_boot(rundir: RunDir, n: int) -> list[float]:
 
 def run_plan(out: Path) -> tuple[float, dict[str, Any]]:
     """One `vhostlm run` of the seed plan; its wall time and results."""
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "vhostlm", "run", "--output", str(out)],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n")
-    return wall, json.loads((out / "results.json").read_text())
+    run = run_vhostlm([], out)
+    if run.returncode != 0:
+        print(run.stdout[-3000:], run.stderr[-2000:], sep="\n")
+    if run.results is None:
+        raise SystemExit(f"the seed plan wrote no results.json in {out}")
+    return run.wall_s, run.results
 
 
 def step_s(case: dict[str, Any], *names: str) -> float:
@@ -95,6 +93,7 @@ def show_run(wall: float, data: dict[str, Any]) -> None:
         "traffic",
         "migration",
         "qemu total",
+        "RAM MiB",
         "downtime",
         "stop",
         "case",
@@ -111,19 +110,12 @@ def show_run(wall: float, data: dict[str, Any]) -> None:
             f"{step_s(case, 'guest_receives', 'receives_after_migration'):.1f}",
             f"{case['phases'].get('migration_s', 0):.1f}",
             f"{mig['total_time_ms'] / 1000:.1f}",
+            f"{mig.get('ram_transferred_bytes', 0) / 2**20:.1f}",
             f"{mig['downtime_ms']} ms",
             f"{case['phases'].get('stop_s', 0):.1f}",
             f"{case['duration_s']:.1f}",
         ]  # fmt: skip
         print("  " + " | ".join(f"{c:>10}" for c in cells))
-
-
-def boot_s(case: dict[str, Any]) -> float:
-    """The host guest's boot to shell, as the case measured it (guest_boots' boot_s)."""
-    for step in case["steps"]:
-        if "boot_s" in step.get("figures", {}):
-            return float(step["figures"]["boot_s"])
-    return 0.0
 
 
 def overhead(case: dict[str, Any]) -> float:

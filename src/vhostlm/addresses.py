@@ -27,6 +27,15 @@ MGMT_NET = "198.19"  # 198.19.<k>.0/24, a /30 per role
 # --- programs, as found on PATH ---------------------------------------------------------
 QEMU_BINARY = "qemu-system-x86_64"
 TESTPMD_BINARY = "dpdk-testpmd"
+# OVS-DPDK (--backend ovs-dpdk): Debian's openvswitch-switch-dpdk. Its ovs-vswitchd with DPDK
+# is not on PATH (/usr/sbin/ovs-vswitchd is the alternative without DPDK); the tools are.
+OVS_PACKAGE = "openvswitch-switch-dpdk"
+OVS_VSWITCHD_BINARY = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"
+OVSDB_SERVER_BINARY = "ovsdb-server"
+OVSDB_TOOL_BINARY = "ovsdb-tool"
+OVS_VSCTL_BINARY = "ovs-vsctl"
+OVS_APPCTL_BINARY = "ovs-appctl"
+OVS_OFCTL_BINARY = "ovs-ofctl"
 
 # --- the tester's rates -----------------------------------------------------------------
 PROBE_PPS = 1000.0  # probes per second: 1 ms outage resolution

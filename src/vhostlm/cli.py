@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vhostlm.backends.registry import BACKENDS, DEFAULT_BACKEND
 from vhostlm.errors import SetupError, UsageError
 from vhostlm.options import RunOptions, RunTarget, add_run_arguments, from_namespace, validate
 from vhostlm.plans.catalog import PLANS, plan_of, select_cases
@@ -41,6 +42,10 @@ def build_parser() -> Parser:
     )
     doctor.add_argument("--testbed", type=Path, metavar="FILE", help="the testbed file to check")
     doctor.add_argument("--qemu", metavar="PATH", help="check this QEMU binary instead")
+    doctor.add_argument(
+        "--backend", default=DEFAULT_BACKEND, choices=list(BACKENDS),
+        help="also check this vhost backend (as `run --backend`)",
+    )  # fmt: skip
 
     sub.add_parser("list", help="list the cases")
 
@@ -89,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     target, options = from_namespace(RunTarget, args), from_namespace(RunOptions, args)
     cases = select_cases(target.plan, list(target.cases), target.keyword)
-    validate(target, options)
+    validate(target, options, cases)
     with Progress() as progress:
         result = run_plan(
             cases, options, target.output, progress, junit=target.junit, testbed=target.testbed
@@ -114,9 +119,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list() -> int:
-    """`vhostlm list`: every case, its plan and the first line of its docstring."""
+    """`vhostlm list`: every case, its plan, the backends it runs on (--backend; the others
+    would skip it; `NAME:client` only with --vhost-mode client) and the first line of its
+    docstring."""
+    from vhostlm.backends.registry import runs_on as backends_of
+
     for case in PLANS["all"]:
-        print(f"{case.name:<30} [{plan_of(case)}] {case.description()}")
+        backends = [b for b in backends_of(case.backend_needs)
+                    if case.backend in (None, b.split(":")[0])]  # fmt: skip
+        plan, runs_on = f"[{plan_of(case)}]", "{" + ",".join(backends) + "}"
+        print(f"{case.name:<30} {plan:<10} {runs_on:<18} {case.description()}")
     return 0
 
 
@@ -203,14 +215,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.qemu is not None:
         check_qemu("--qemu", args.qemu)
     if args.testbed is None:
-        doc = check_local(args.qemu) if args.qemu else check_local()
+        doc = (
+            check_local(args.qemu, args.backend) if args.qemu else check_local(backend=args.backend)
+        )
     else:
         load_testbed(args.testbed)  # a bad file is a usage error before anything starts
         out = Path(tempfile.mkdtemp(prefix="vhostlm-doctor-"))
         rundir = RunDir(out, secrets.token_hex(3))
         try:
-            need = budget(RunOptions()).node_mb()
-            doc = check_testbed(args.testbed, rundir, need, args.qemu)
+            need = budget(RunOptions(backend=args.backend)).node_mb()
+            doc = check_testbed(args.testbed, rundir, need, args.qemu, args.backend)
         finally:
             teardown_runtime(rundir.runtime)
             shutil.rmtree(out, ignore_errors=True)

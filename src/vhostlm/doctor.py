@@ -2,7 +2,9 @@
 
 Checks each node of a testbed file (or this machine for the embedded lab): reachable,
 root or sudo, QEMU and DPDK versions and features, KVM, hugepages, the port, the shared
-guest disk, and the migration port from host to backup.
+guest disk, and the migration port from host to backup. With `--backend ovs-dpdk`, also
+OVS-DPDK on host and backup: its programs, its version, that it was built with DPDK and
+supports vhost-user client ports.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vhostlm.addresses import QEMU_BINARY, TESTPMD_BINARY
+from vhostlm.addresses import OVS_PACKAGE, QEMU_BINARY, TESTPMD_BINARY
+from vhostlm.apps.ovs import VHOST_CLIENT_OVS, OvsTools, parse_ovs_version
 from vhostlm.apps.qemu import qemu_version
+from vhostlm.backends.registry import DEFAULT_BACKEND
 from vhostlm.errors import VhostlmError
 from vhostlm.nodes.base import Node
 from vhostlm.nodes.local import LocalNode
@@ -115,6 +119,35 @@ class Doctor:
         self.add(role, "kvm", True if kvm else None, detail,
                  "" if kvm else "guests run slower under TCG")  # fmt: skip
 
+    def backend(self, role: str, node: Node, backend: str) -> None:
+        """The vhost backend's own checks beyond testpmd's (`programs`): for ovs-dpdk, its
+        programs, `ovs-vswitchd --version` (built with DPDK, vhost-user client ports)."""
+        if backend != "ovs-dpdk":
+            return
+        tools = OvsTools()
+        others = [b for b in tools.programs().values() if b != tools.vswitchd]
+        missing = [b for b in others if node.which(b) is None]
+        fix = f"apt-get install {OVS_PACKAGE}"
+        self.add(role, "ovs programs", not missing,
+                 f"not found: {', '.join(missing)}" if missing else f"{', '.join(others)} found",
+                 fix if missing else "")  # fmt: skip
+        out = node.execute([tools.vswitchd, "--version"])
+        if out.status != 0:
+            self.add(role, "ovs-vswitchd", False, f"{tools.vswitchd} not found", fix)
+            return
+        found = parse_ovs_version(out.stdout)
+        self.add(role, "ovs-vswitchd", found.version is not None,
+                 f"{tools.vswitchd}: {found.line}", "" if found.version else fix)  # fmt: skip
+        self.add(role, "ovs dpdk", found.dpdk is not None,
+                 f"DPDK {found.dpdk}" if found.dpdk else "built without DPDK",
+                 "" if found.dpdk else f"{fix} (its ovs-vswitchd-dpdk)")  # fmt: skip
+        if found.version is not None:
+            client = found.version >= VHOST_CLIENT_OVS
+            want = ".".join(map(str, VHOST_CLIENT_OVS))
+            self.add(role, "ovs vhost client", client,
+                     "dpdkvhostuserclient ports" if client else f"OVS older than {want}",
+                     "" if client else f"OVS >= {want} for --vhost-mode client")  # fmt: skip
+
     def hugepages(self, role: str, node: Node, mount: str, need_mb: int) -> None:
         """The hugetlbfs mount and enough free hugepage memory."""
         fstype = node.execute(["findmnt", "-n", "-o", "FSTYPE", "-T", mount]).stdout.strip()
@@ -125,8 +158,15 @@ class Doctor:
                  "" if free >= need_mb else "echo N > /proc/sys/vm/nr_hugepages")  # fmt: skip
 
 
-def check_testbed(path: Path, rundir: RunDir, need_mb: int, qemu: str | None = None) -> Doctor:
-    """Every check of a testbed file (with `qemu`, that binary on host and backup)."""
+def check_testbed(
+    path: Path,
+    rundir: RunDir,
+    need_mb: int,
+    qemu: str | None = None,
+    backend: str = DEFAULT_BACKEND,
+) -> Doctor:
+    """Every check of a testbed file (with `qemu`, that binary on host and backup; with
+    `backend`, that vhost backend's)."""
     spec: TestbedSpec = load_testbed(path)
     doc = Doctor()
     nodes: dict[str, Node] = {}
@@ -155,6 +195,7 @@ def check_testbed(path: Path, rundir: RunDir, need_mb: int, qemu: str | None = N
         else:
             binary = qemu or nspec.qemu
             doc.guarded(role, "programs", doc.programs, role, node, binary, nspec.testpmd)
+            doc.guarded(role, "backend", doc.backend, role, node, backend)
             mount = nspec.hugepages.mount
             doc.guarded(role, "hugepages", doc.hugepages, role, node, mount, need_mb)
         doc.guarded(role, "port", _port, doc, role, node, nspec.port)
@@ -223,11 +264,13 @@ def _migration(doc: Doctor, nodes: dict[str, Node], spec: TestbedSpec, rundir: R
         listener.stop(timeout=2)
 
 
-def check_local(qemu: str = QEMU) -> Doctor:
-    """The embedded lab's needs on this machine (with `qemu`, that QEMU binary)."""
+def check_local(qemu: str = QEMU, backend: str = DEFAULT_BACKEND) -> Doctor:
+    """The embedded lab's needs on this machine (with `qemu`, that QEMU binary; with
+    `backend`, that vhost backend's)."""
     doc = Doctor()
     node = LocalNode("local")
     doc.guarded("local", "programs", doc.programs, "local", node, qemu, TESTPMD_BINARY)
+    doc.guarded("local", "backend", doc.backend, "local", node, backend)
     for binary, package in (("ip", "iproute2"), ("tcpdump", "tcpdump"), ("ssh-keygen",
                             "openssh-client"), ("/usr/sbin/sshd", "openssh-server")):  # fmt: skip
         found = node.which(binary) is not None

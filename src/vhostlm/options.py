@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vhostlm.addresses import GUEST_MAC, PROBE_PPS, SEED_PPS, TESTER_MAX_PPS
+from vhostlm.backends.registry import BACKENDS, DEFAULT_BACKEND
 from vhostlm.errors import UsageError
 from vhostlm.guests.contract import (
     DISK_BASE_MB,
     GUEST_BASE_MB,
-    GUEST_HUGEPAGES,
+    guest_hugepages,
     memcheck_room_mb,
 )
 from vhostlm.paths import check_file_target, check_output_dir
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+    from vhostlm.plans.spec import CaseSpec
 
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -213,6 +216,12 @@ class RunOptions:
     cpu: str = option(
         "", "--cpu", help="guest CPU model (default: host under KVM, Nehalem under TCG)"
     )  # "" = host under KVM, TCG_CPU under TCG
+    backend: str = option(
+        DEFAULT_BACKEND, "--backend", choices=tuple(BACKENDS),
+        help="the vhost-user backend on host and backup: testpmd (the seed's) or ovs-dpdk "
+        "(a private Open vSwitch with DPDK per node and case: a learning userspace bridge); "
+        "a case the backend cannot run is a skip",
+    )  # fmt: skip  # a case's own spec.backend, when it pins one, wins
     vhost_mode: str = option(
         "server", "--vhost-mode", choices=("server", "client"),
         help="the vhost backend's side of the vhost-user socket: server (it listens, the "
@@ -267,16 +276,23 @@ class RunOptions:
     @property
     def memcheck_region_mb(self) -> int:
         """MiB of guest RAM the memory checker owns (0: no checker): by default a quarter
-        of the guest's RAM, less where its boot-time hugepages leave too little."""
+        of the guest's RAM, less where a PMD case's hugepages and the guest's own needs
+        leave too little."""
         if self.memcheck_mb is not None:
             return self.memcheck_mb
-        room = memcheck_room_mb(self.guest_mem_mb, self.guest_base_mb)
+        room = memcheck_room_mb(self.guest_mem_mb, self.guest_base_mb, self.pmd_hugepages)
         return max(0, min(self.guest_mem_mb // 4, room))
 
     @property
     def guest_base_mb(self) -> int:
         """What the guest needs of its RAM besides hugepages: more for a distro image."""
         return DISK_BASE_MB if self.guest_image is not None else GUEST_BASE_MB
+
+    @property
+    def pmd_hugepages(self) -> int:
+        """2 MiB hugepages this run's guest reserves in a virtio-pmd case (none in a
+        kernel-driver one): what the checker's room leaves out, whatever the case."""
+        return guest_hugepages(pmd=True, disk=self.guest_image is not None)
 
     @property
     def rate(self) -> float:
@@ -290,7 +306,7 @@ class RunTarget:
 
     plan: str = option(
         "seed", "--plan", before="--pps",
-        help="seed (default), dts (DPDK's 8 cases), variants, detect, or all",
+        help="seed (default), dts (DPDK's 8 cases), variants, reconnect, detect, or all",
     )  # fmt: skip  # choices: the plan names, given to add_run_arguments
     cases: tuple[str, ...] = option(
         (), "--case", action="append", metavar="NAME", before="--pps",
@@ -372,23 +388,53 @@ def flag_for(name: str) -> str:
     raise KeyError(name)
 
 
-def validate(target: RunTarget, options: RunOptions) -> None:
+def guest_mem_needed(case: CaseSpec, options: RunOptions) -> tuple[int, str]:
+    """The least --guest-mem `case` can run with, MiB, and what it is made of (for the
+    message): the guest's own needs, its testpmd's hugepages in a virtio-pmd case, the
+    memory checker's region, and the dirtying load's two tmpfs files."""
+    from vhostlm.guests.base import Driver
+
+    pages = guest_hugepages(case.driver is Driver.PMD, disk=options.guest_image is not None)
+    parts = [(options.guest_base_mb, "for the guest's kernel and programs")]
+    parts.append((2 * pages, "of hugepages for its testpmd"))
+    parts.append((case.memcheck_mb(options.memcheck_region_mb), "for the memory checker"))
+    parts.append((2 * case.dirty_mb_s, "for its dirtying load"))
+    shown = [f"{mb} MiB {what}" for mb, what in parts if mb]
+    return sum(mb for mb, _ in parts), ", ".join(shown)
+
+
+def check_guest_mem(options: RunOptions, cases: Sequence[CaseSpec]) -> None:
+    """Refuse a --guest-mem too small for a selected case (UsageError naming the least it
+    takes), before anything starts: such a guest panicked at boot ("System is deadlocked
+    on memory") or lost its testpmd to the OOM killer."""
+    for case in cases:
+        need, why = guest_mem_needed(case, options)
+        if options.guest_mem_mb < need:
+            raise UsageError(
+                f"--guest-mem {options.guest_mem_mb} is too small for {case.name}: it needs "
+                f"at least {need} MiB ({why}); give --guest-mem {need} or more"
+            )
+
+
+def validate(target: RunTarget, options: RunOptions, cases: Sequence[CaseSpec] = ()) -> None:
     """The checks argparse cannot make: options that need another (the probe limits need
-    probes), then each field's own `check` (--output, --junit writable); UsageError."""
+    probes), --guest-mem against what each of `cases` needs, then each field's own
+    `check` (--output, --junit writable); UsageError."""
     for needed in dict.fromkeys(h.needs for _, h in flags_of(RunOptions) if h.needs):
         users = [(f, h) for f, h in flags_of(RunOptions) if h.needs == needed]
         given = any(getattr(options, f.name) is not None for f, _ in users)
         if given and not getattr(options, needed):
             names = " and ".join(h.flag for _, h in users)
             raise UsageError(f"{names} need {needed}: drop {flag_for(needed)}")
-    room = memcheck_room_mb(options.guest_mem_mb, options.guest_base_mb)
+    room = memcheck_room_mb(options.guest_mem_mb, options.guest_base_mb, options.pmd_hugepages)
     if options.memcheck_mb and options.memcheck_mb > room:
         raise UsageError(
             f"--memcheck-mb {options.memcheck_mb} does not fit in the guest's "
             f"{options.guest_mem_mb} MiB (--guest-mem): at most {max(room, 0)}, after its "
-            f"{2 * GUEST_HUGEPAGES} MiB of hugepages and {options.guest_base_mb} MiB for "
-            "its kernel and programs; give less, or 0 to turn it off"
+            f"{2 * options.pmd_hugepages} MiB of hugepages and {options.guest_base_mb} MiB "
+            "for its kernel and programs; give less, or 0 to turn it off"
         )
+    check_guest_mem(options, cases)
     if options.guest_image is None and options.guest_password_file is not None:
         raise UsageError("--guest-password-file needs --guest-image: give the image too")
     for obj in (options, target):

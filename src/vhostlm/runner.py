@@ -7,18 +7,21 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from vhostlm import __version__
 from vhostlm.apps.qemu import qemu_version as parse_qemu
-from vhostlm.backends.testpmd import TESTPMD_MB
-from vhostlm.beds import BedSetup, Budget, bed_setup, this_machine
+from vhostlm.backends.registry import backend_class, check_programs
+from vhostlm.beds import BedSetup, Budget, LabSetup, SshSetup, bed_setup, this_machine
 from vhostlm.errors import SetupError, UsageError
 from vhostlm.guests.disk import DiskSpec, image_format
+from vhostlm.guests.tools import build_tools_disk
 from vhostlm.image.build import build_image
 from vhostlm.image.cache import GuestImage
 from vhostlm.nodes.clock import Clocks
@@ -33,7 +36,7 @@ from vhostlm.report.progress import Progress
 from vhostlm.report.results import RunResult, now_iso, write_results
 from vhostlm.rundir import RunDir
 from vhostlm.testbed.cleanup import teardown_runtime
-from vhostlm.testbed.topology import Topology
+from vhostlm.testbed.topology import Tools, Topology
 
 CACHE_DIR = Path(os.environ.get("VHOSTLM_CACHE", "/var/cache/vhostlm"))
 
@@ -49,8 +52,24 @@ def default_output() -> Path:
 
 
 def budget(options: RunOptions) -> Budget:
-    """Hugepage memory of one guest and one vhost backend for this run."""
-    return Budget(options.guest_mem_mb, TESTPMD_MB)
+    """Hugepage memory of one guest and one vhost backend (--backend's) for this run."""
+    return Budget(options.guest_mem_mb, backend_class(options.backend).hugepage_mb)
+
+
+def check_backend(setup: BedSetup, backend: str) -> None:
+    """The backend's programs exist where it runs: this machine for the lab (checked as the
+    preflight checks its programs, before it), host and backup of a testbed (once reached).
+    UsageError, one line: nothing has started."""
+    nodes: dict[str, tuple[Callable[[str], str | None], Tools]] = {}
+    if isinstance(setup, SshSetup):
+        remote = setup.remote
+        assert remote is not None, "reach() first"
+        for role in ("host", "backup"):
+            node = remote.node(role)
+            nodes[f"node {role} ({node.label})"] = (node.which, remote.tools(role))
+    else:
+        nodes["this machine"] = (lambda binary: shutil.which(binary), Tools())
+    check_programs(backend, nodes)
 
 
 def _raise_interrupt(_sig: int, _frame: FrameType | None) -> None:
@@ -98,7 +117,7 @@ def disk_spec(login: tuple[str, str, str] | None, bed: Topology) -> DiskSpec | N
         fmt = str(info.get("format", ""))
         if fmt not in ("raw", "qcow2"):
             raise UsageError(f"guest.image {image}: a {fmt} image; give a raw or qcow2 one")
-    return DiskSpec(Path(image), fmt, user, password)
+    return DiskSpec(Path(image), fmt, user, password, tools=build_tools_disk(CACHE_DIR / "tools"))
 
 
 def _last_reading(clocks: Clocks, progress: Progress) -> None:
@@ -121,6 +140,8 @@ def run_plan(
     """Run `cases` on a fresh embedded lab, or on the servers of a `testbed` file; the lab
     is gone (ports restored, run directories removed) when this returns or raises."""
     setup = bed_setup(testbed, options.qemu, options.guest_image)
+    if isinstance(setup, LabSetup):
+        check_backend(setup, options.backend)
     setup.check(budget(options))
     login = guest_login(options, setup)
     if login is not None and options.guest_image is None:  # the testbed's guest.image
@@ -143,6 +164,8 @@ def run_plan(
     }
     try:  # unreachable nodes and missing programs: one line, nothing started
         setup.reach(rundir)
+        if not isinstance(setup, LabSetup):
+            check_backend(setup, options.backend)
     except BaseException:
         teardown_runtime(rundir.runtime)
         raise

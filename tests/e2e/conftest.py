@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,22 @@ if TYPE_CHECKING:
     from tests.e2e.live import LiveRun
 
 ROOT = Path(__file__).resolve().parents[2]
+# `make test` runs a sample of the long plans (each test says what it samples, README lists
+# them); `make test-full` (VHOSTLM_FULL=1) runs every case
+FULL = os.environ.get("VHOSTLM_FULL", "") == "1"
+
+
+# a test of a case `make test` does not sample: it runs under `make test-full`
+FULL_ONLY = pytest.mark.skipif(
+    not FULL, reason="not in make test's sample (CI time; README: Development): make test-full"
+)
+
+
+def sampled(every: Sequence[str], sample: Sequence[str]) -> list[str]:
+    """`every` under `make test-full`, else `sample` (a subset of it, checked)."""
+    missing = sorted(set(sample) - set(every))
+    assert not missing, f"sampled cases not in the plan: {missing}"
+    return list(every if FULL else sample)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

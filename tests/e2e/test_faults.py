@@ -13,12 +13,15 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import FULL_ONLY
 from tests.e2e.live import LiveRun, steps
+from vhostlm.addresses import OVS_VSWITCHD_BINARY
 
 CASE = "virtio_net"
 DURING = f"{CASE}: receives_during_migration"  # migrate issued, MIGRATION event 'active'
@@ -66,7 +69,37 @@ def test_backup_testpmd_killed_before_the_switch_over(tmp_path: Path, live: list
     assert steps(case)["receives_after_migration"]["verdict"] == "skip"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def in_namespace(pid: int) -> str:
+    """The network namespace a process runs in (`ip netns identify`)."""
+    found = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    return found.stdout.strip()
+
+
+def test_backup_ovs_vswitchd_killed_before_the_switch_over(
+    tmp_path: Path, live: list[LiveRun]
+) -> None:
+    """On OVS-DPDK the destination's backend is ovs-vswitchd: killed, the case fails naming
+    it, as for testpmd."""
+    run = start(live, tmp_path / "run", "--backend", "ovs-dpdk", *SLOW)
+    run.wait_for(DURING)
+    vswitchds = [p for p, cmd in run.processes().items() if OVS_VSWITCHD_BINARY in cmd]
+    backup = [p for p in vswitchds if in_namespace(p).endswith("-backup")]
+    assert len(vswitchds) == 2 and len(backup) == 1, (vswitchds, backup)
+    os.kill(backup[0], signal.SIGKILL)
+    assert run.finish() == 1, run.output()
+    case = run.case()
+    assert case["verdict"] == "fail"
+    assert f"the backup ovs-vswitchd (pid {backup[0]}) was killed by SIGKILL" in case["reason"]
+    assert "before the switch-over" in case["reason"], case["reason"]
+    assert steps(case)["receives_after_migration"]["verdict"] == "skip"
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [pytest.param(signal.SIGKILL, marks=FULL_ONLY), signal.SIGSTOP],
+    ids=["killed", "stopped"],
+)  # make test samples the frozen tester (the harder to tell); make test-full both
 def test_tester_stops_sending(tmp_path: Path, live: list[LiveRun], sig: signal.Signals) -> None:
     """The tester dies or freezes mid-migration: 'no traffic', never a pass."""
     run = start(live, tmp_path / "run")

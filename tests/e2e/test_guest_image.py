@@ -9,6 +9,7 @@ boot each fail with one reason. Bad input is in tests/unit/test_guest_image_inpu
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def test_the_seed_plan_passes_on_the_debian_image(disk_image: Path, tmp_path: Pa
         assert case["integrity"]["pages_checked"] > 0  # its memory checker ran on it too
         console = (out / "logs" / f"console-{case['name']}-host.log").read_text()
         assert "Debian GNU/Linux 12" in console and "login: " in console  # its own boot
+        # the image has no checker of its own: it came on vhostlm's tools drive
+        assert re.search(r"\n/[a-z/]+/vhostlm/vhostlm-memcheck\r?\n", console), console[-2000:]
     pmd = (out / "logs" / "console-virtio_pmd-host.log").read_text()
     assert "nr_hugepages" in pmd and "dpdk-testpmd -l" in pmd  # reserved at run time
     password = Path(f"{disk_image}.password").read_text().strip()

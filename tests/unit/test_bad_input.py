@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from vhostlm.guests.contract import GUEST_BASE_MB, PMD_HUGEPAGES
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = Path("/run/vhostlm")
 
@@ -62,12 +64,35 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
     (
         "memcheck-whole-guest",
         ["run", "--memcheck-mb", "1024"],
-        "--memcheck-mb 1024 does not fit in the guest's 1024 MiB (--guest-mem): at most 320",
+        "--memcheck-mb 1024 does not fit in the guest's 1024 MiB (--guest-mem): at most "
+        f"{1024 - 2 * PMD_HUGEPAGES - GUEST_BASE_MB}",
     ),
     (
         "memcheck-above-guest",
         ["run", "--guest-mem", "512", "--memcheck-mb", "600"],
-        "--memcheck-mb 600 does not fit in the guest's 512 MiB (--guest-mem): at most 0",
+        "--memcheck-mb 600 does not fit in the guest's 512 MiB (--guest-mem): at most "
+        f"{512 - 2 * PMD_HUGEPAGES - GUEST_BASE_MB}",
+    ),
+    (
+        "guest-mem-below-pmd-case",
+        ["run", "--guest-mem", str(GUEST_BASE_MB), "--case", "virtio_pmd"],
+        f"--guest-mem {GUEST_BASE_MB} is too small for virtio_pmd: it needs at least "
+        f"{GUEST_BASE_MB + 2 * PMD_HUGEPAGES} MiB ({GUEST_BASE_MB} MiB for the guest's kernel "
+        f"and programs, {2 * PMD_HUGEPAGES} MiB of hugepages for its testpmd); give "
+        f"--guest-mem {GUEST_BASE_MB + 2 * PMD_HUGEPAGES} or more",
+    ),
+    (
+        "guest-mem-below-kernel-case",
+        ["run", "--guest-mem", "100", "--case", "virtio_net"],
+        f"--guest-mem 100 is too small for virtio_net: it needs at least {GUEST_BASE_MB} MiB",
+    ),
+    (
+        "guest-mem-below-dirtying-case",
+        ["run", "--guest-mem", "300", "--case", "noconverge_virtio_net"],
+        # the memory checker's default region there, capped at 16 MiB by the case
+        "--guest-mem 300 is too small for noconverge_virtio_net: it needs at least "
+        f"{GUEST_BASE_MB + 16 + 128} MiB ({GUEST_BASE_MB} MiB for the guest's kernel and "
+        "programs, 16 MiB for the memory checker, 128 MiB for its dirtying load)",
     ),
     ("qemu-absent", ["run", "--qemu", "{tmp}/absent"], "--qemu {tmp}/absent: no such executable"),
     (
@@ -150,6 +175,14 @@ BAD_INPUT: list[tuple[str, list[str], str]] = [
         "password-file-without-image",
         ["run", "--guest-password-file", "{tmp}/afile"],
         "--guest-password-file needs --guest-image",
+    ),
+    ("unknown-backend", ["run", "--backend", "vpp"], "argument --backend: invalid choice: 'vpp'"),
+    ("doctor-unknown-backend", ["doctor", "--backend", "vpp"], "argument --backend: invalid"),
+    (
+        # PATH has no OVS (the preflight's programs neither: the backend's are checked first)
+        "ovs-missing",
+        ["run", "--backend", "ovs-dpdk", "--case", "virtio_net"],
+        "not found on this machine: apt-get install openvswitch-switch-dpdk",
     ),
     (
         "zero-boot-timeout",

@@ -4,6 +4,7 @@ and the password file's default place."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from tests.unit.test_qemu_argv import opt, spec
 from vhostlm.apps.qemu import qemu_argv
 from vhostlm.errors import UsageError
 from vhostlm.guests.disk import image_format
-from vhostlm.image.disk import module_closure, password_file
+from vhostlm.image.disk import mask_units, module_closure, password_file
 from vhostlm.options import guest_password_file
 
 
@@ -82,3 +83,14 @@ def test_the_password_file_defaults_to_beside_the_image(tmp_path: Path) -> None:
     assert password_file(image) == tmp_path / "debian.qcow2.password"
     assert guest_password_file(image, None) == password_file(image)
     assert guest_password_file(image, tmp_path / "pw") == tmp_path / "pw"
+
+
+def test_masked_units_point_at_dev_null_even_over_an_existing_file(tmp_path: Path) -> None:
+    """A unit masked in the image is what `systemctl mask` leaves: a link to /dev/null, also
+    where the package put a unit file of that name (it is replaced, not kept)."""
+    units = tmp_path / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (units / "dpdk.service").write_text("[Service]\n")
+    mask_units(units, ("dpdk.service", "e2scrub_reap.service"))
+    for name in ("dpdk.service", "e2scrub_reap.service"):
+        assert os.readlink(units / name) == "/dev/null"

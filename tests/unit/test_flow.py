@@ -252,6 +252,7 @@ class FakeTraffic:
         self.world = world
         self.tester = FakeTester()
         self.legs: list[dict[str, float]] = []
+        self.restarts: list[Any] = []  # backends restarted on purpose (reconnect cases)
         self.payload = world.payload
         stack.callback(lambda: world.log.append("stop traffic"))
 

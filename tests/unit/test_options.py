@@ -20,15 +20,16 @@ FIELDS = {
     "switch_learning": False, "cpu": "", "max_outage_ms": None, "max_loss": None,
     "round_trips": None, "downtime_limit_ms": None, "max_bandwidth_mbps": None,
     "converge_timeout_s": 20.0, "guest_memory": "hugetlbfs", "migration_tls": False,
-    "vhost_mode": "server", "probe_size": 256, "memcheck_mb": None, "verify_ram": False,
-    "qemu": None, "guest_image": None, "guest_user": "root", "guest_password_file": None,
+    "backend": "testpmd", "vhost_mode": "server", "probe_size": 256, "memcheck_mb": None,
+    "verify_ram": False, "qemu": None, "guest_image": None, "guest_user": "root",
+    "guest_password_file": None,
 }  # fmt: skip
 HELP_ORDER = [
     "--plan", "--case", "--output", "--pps", "--seed-traffic", "--max-outage-ms", "--max-loss",
     "--junit", "-k", "--round-trips", "--downtime-limit", "--max-bandwidth",
     "--converge-timeout", "--guest-memory", "--guest-smp", "--dst-mac", "--guest-mem",
     "--migration-timeout", "--migration-tls", "--no-backup-backend", "--switch-learning",
-    "--cpu", "--vhost-mode", "--probe-size", "--memcheck-mb", "--verify-ram", "--qemu",
+    "--cpu", "--backend", "--vhost-mode", "--probe-size", "--memcheck-mb", "--verify-ram", "--qemu",
     "--guest-image", "--guest-user", "--guest-password-file", "--boot-timeout", "--testbed",
 ]  # fmt: skip
 
@@ -99,3 +100,15 @@ def test_path_checks_name_their_flag(tmp_path: Path) -> None:
         validate(*parse("--output", str(tmp_path / "afile" / "run")))
     with pytest.raises(UsageError, match=r"^--junit: .* is a directory"):
         validate(*parse("--junit", str(tmp_path)))
+
+
+def test_backend_choices_come_from_the_registry() -> None:
+    from vhostlm.backends.registry import BACKENDS
+
+    _, options = parse("--backend", "ovs-dpdk", "--vhost-mode", "client")
+    assert (options.backend, options.vhost_mode) == ("ovs-dpdk", "client")
+    assert list(BACKENDS) == ["testpmd", "ovs-dpdk"]
+    with pytest.raises(
+        UsageError, match=r"invalid choice: 'vpp' \(choose from 'testpmd', 'ovs-dpdk'\)"
+    ):
+        parse("--backend", "vpp")

@@ -337,6 +337,17 @@ def test_without_a_stop_the_window_is_the_whole_migration() -> None:
     assert window == pytest.approx((104.992, 106.03)) and precopy == pytest.approx((101.0, 104.992))
 
 
+def test_a_postcopy_window_runs_until_the_migration_completed() -> None:
+    """Postcopy: the destination resumes at 105.03 but faults pages in until completed at
+    107.5; replies stalled on those faults are inside the window, not unexplained loss."""
+    marks = {**MARKS, "postcopy-active": 104.9, "completed": 107.5}
+    window, _ = switch_window(marks, 100.0, 108.0, PPS, 5.0, 1.0)
+    assert window == pytest.approx((104.992, 108.5))
+    precopy_only = {k: v for k, v in marks.items() if k != "postcopy-active"}
+    assert switch_window(precopy_only, 100.0, 108.0, PPS, 5.0, 1.0)[0] == pytest.approx(
+        (104.992, 106.03))  # fmt: skip
+
+
 def test_noise_floor_and_percentile() -> None:
     assert percentile([], 99) == 0.0
     assert percentile(list(range(1, 101)), 99) == 99 and percentile([5.0], 99) == 5.0

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from tests.unit import test_flow as flow_tests
+from vhostlm.addresses import OVS_VSWITCHD_BINARY
 from vhostlm.apps.ovs import (
     OvsFiles,
     OvsTools,
@@ -16,15 +20,17 @@ from vhostlm.apps.ovs import (
     ovsdb_server_argv,
     parse_dpctl_stats,
     parse_interfaces,
+    parse_ovs_version,
     parse_ovsdb_map,
     thread_ids,
     vsctl_argv,
     vswitchd_argv,
 )
-from vhostlm.backends.base import BackendConfig
+from vhostlm.backends.base import CLIENT, POSTCOPY, BackendConfig
 from vhostlm.backends.ovs import (
     OVS_MB,
     PMD_CPU_MASK,
+    OvsBackend,
     bridge_args,
     devargs,
     dpdk_extra,
@@ -33,9 +39,19 @@ from vhostlm.backends.ovs import (
     unsupported,
     vhost_port,
 )
-from vhostlm.backends.registry import BACKENDS
+from vhostlm.backends.registry import BACKENDS, check_programs, supported_by
+from vhostlm.backends.testpmd import TESTPMD_MB, TestpmdBackend
+from vhostlm.cli import main
+from vhostlm.doctor import Doctor
+from vhostlm.errors import UsageError
+from vhostlm.nodes.base import Completed
 from vhostlm.nodes.local import LocalNode
-from vhostlm.testbed.topology import Nic
+from vhostlm.plans.catalog import all_cases
+from vhostlm.plans.env import LabEnv, RunOptions
+from vhostlm.plans.flow import Drivers, run_case
+from vhostlm.report.progress import Progress
+from vhostlm.runner import budget
+from vhostlm.testbed.topology import Nic, Tools
 
 CAPTURES = Path(__file__).parent / "ovs_captures"
 SOCK = "/run/vhostlm/abc123/sock/virtio_net-host-vhost.sock"
@@ -252,3 +268,162 @@ def test_parse_real_statistics_and_interfaces() -> None:
 def test_pmd_threads_found_by_name() -> None:
     ps = " 100 ovs-vswitchd\n 101 urcu3\n 105 pmd-c01/id:8\n 106 dpdk-intr\n"
     assert thread_ids(ps, "pmd-c") == ["105"]
+
+
+# --- wired into the run: --backend, its programs, its hugepages, the cases it cannot run ---
+
+
+def test_parse_ovs_version_says_whether_it_has_dpdk() -> None:
+    dpdk = parse_ovs_version("ovs-vswitchd-dpdk (Open vSwitch) 3.1.0\nDPDK 22.11.11\n")
+    assert (dpdk.version, dpdk.dpdk) == ((3, 1), "22.11.11")
+    assert dpdk.line == "ovs-vswitchd-dpdk (Open vSwitch) 3.1.0"
+    plain = parse_ovs_version("ovs-vswitchd (Open vSwitch) 3.1.0\n")
+    assert (plain.version, plain.dpdk) == ((3, 1), None)
+    assert parse_ovs_version("bash: no such file\n").version is None
+
+
+def test_each_backend_names_its_binary_once() -> None:
+    tools = Tools(testpmd="/opt/dpdk/dpdk-testpmd")
+    assert TestpmdBackend.binary(tools) == "/opt/dpdk/dpdk-testpmd"
+    assert OvsBackend.binary(tools) == OVS_VSWITCHD_BINARY == OvsTools().vswitchd
+    assert list(OvsBackend.programs(tools)) == [
+        "ovs-vswitchd", "ovsdb-server", "ovsdb-tool", "ovs-vsctl", "ovs-appctl", "ovs-ofctl",
+    ]  # fmt: skip
+
+
+def test_a_missing_program_is_one_line_naming_node_and_package() -> None:
+    def which(binary: str) -> str | None:
+        return None if binary.endswith("ovs-vswitchd-dpdk") else binary
+
+    check_programs("testpmd", {"node host (h1)": (which, Tools())})  # testpmd is there
+    with pytest.raises(UsageError) as err:
+        check_programs("ovs-dpdk", {"node host (h1)": (which, Tools())})
+    assert str(err.value) == (
+        f"--backend ovs-dpdk: {OVS_VSWITCHD_BINARY} not found on node host (h1): "
+        "apt-get install openvswitch-switch-dpdk (or run `make run`)"
+    )
+
+
+def test_the_run_reserves_each_backends_hugepages() -> None:
+    testpmd, ovs = budget(RunOptions()), budget(RunOptions(backend="ovs-dpdk"))
+    assert (testpmd.backend_mb, ovs.backend_mb) == (TESTPMD_MB, OVS_MB)
+    assert ovs.lab_pages() - testpmd.lab_pages() == 2 * (OVS_MB - TESTPMD_MB) // 2
+
+
+def test_cases_list_the_backends_that_can_run_them() -> None:
+    cases = all_cases()
+    assert supported_by(cases["virtio_net"].backend_needs) == ["testpmd", "ovs-dpdk"]
+    assert supported_by(cases["packed_virtio_net_mq4"].backend_needs) == ["testpmd", "ovs-dpdk"]
+    # OVS sets postcopy support on dpdkvhostuserclient ports only (lib/netdev-dpdk.c)
+    assert supported_by(cases["postcopy_virtio_net"].backend_needs) == ["testpmd"]
+    assert supported_by(cases["postcopy_virtio_net"].backend_needs | {CLIENT}) == [
+        "testpmd", "ovs-dpdk"]  # fmt: skip
+    assert supported_by(cases["dirty_rx_virtio_net"].backend_needs) == ["testpmd"]
+
+
+def test_list_shows_the_backends(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert "{testpmd,ovs-dpdk}" in lines["virtio_net"].split()
+    assert "{testpmd}" in lines["dirty_rx_virtio_net"].split()
+    assert "{testpmd,ovs-dpdk:client}" in lines["postcopy_virtio_net"].split()
+
+
+def test_postcopy_on_ovs_in_server_mode_is_refused_naming_client_mode() -> None:
+    """QEMU would refuse postcopy-ram on a dpdkvhostuser port: the reason says what works."""
+    why = OvsBackend.unsupported({POSTCOPY})
+    assert why is not None and "--vhost-mode client" in why and "dpdkvhostuserclient" in why
+    assert OvsBackend.unsupported({POSTCOPY, CLIENT}) is None
+    assert TestpmdBackend.unsupported({POSTCOPY}) is None
+
+
+def test_flow_runs_on_the_option_backend_and_records_it(tmp_path: Path) -> None:
+    seen: list[tuple[str, BackendConfig]] = []
+    world = flow_tests.World()
+
+    def backend(name: str, cfg: BackendConfig) -> flow_tests.FakeBackend:
+        seen.append((name, cfg))
+        return flow_tests.FakeBackend(world, cfg)
+
+    result = run_case(all_cases()["virtio_net"], flow_env(tmp_path, backend="ovs-dpdk"),
+                      flow_drivers(world, backend))  # fmt: skip
+    assert result.verdict == "pass", result.reason
+    assert result.options["backend"] == "ovs-dpdk"
+    assert [(n, c.binary) for n, c in seen] == [("ovs-dpdk", OVS_VSWITCHD_BINARY)] * 2
+    assert seen[0][1].name == "virtio_net-ovs-dpdk-host"
+
+
+def test_a_case_the_backend_cannot_run_is_a_skip_with_nothing_started(tmp_path: Path) -> None:
+    world = flow_tests.World()
+
+    def backend(name: str, cfg: BackendConfig) -> flow_tests.FakeBackend:
+        raise AssertionError("no backend may start for a case it cannot run")
+
+    case = all_cases()["dirty_rx_virtio_net"]
+    result = run_case(case, flow_env(tmp_path, backend="ovs-dpdk"), flow_drivers(world, backend))
+    assert result.verdict == "skip"
+    assert result.reason == (
+        "not on --backend ovs-dpdk: OVS-DPDK cannot send into the guest at full speed "
+        "(a testpmd txonly flood)"
+    )
+    assert all(s.verdict == "skip" for s in result.steps) and world.log == []
+    # testpmd runs the same case
+    passed = run_case(case, flow_env(tmp_path), flow_drivers(flow_tests.World()))
+    assert passed.options["backend"] == "testpmd" and passed.verdict != "skip"
+
+
+def flow_env(tmp_path: Path, **opts: Any) -> LabEnv:
+    """The flow's environment on test_flow's fake testbed."""
+    rundir = SimpleNamespace(run_id="abc123", sockets=tmp_path, runtime=tmp_path)
+    return LabEnv(rundir, flow_tests.FakeBed(tmp_path), None, "tcg", RunOptions(**opts),  # type: ignore[arg-type]
+                  Progress(io.StringIO(), tty=False))  # fmt: skip
+
+
+def flow_drivers(world: flow_tests.World, backend: Any = None) -> Drivers:
+    """test_flow's fakes, with `backend` making the backends."""
+    return Drivers(
+        backend=backend or (lambda name, cfg: flow_tests.FakeBackend(world, cfg)),
+        guest=lambda kind: flow_tests.FakeGuest(world),
+        vm=lambda spec, rundir, node: flow_tests.FakeVm(world, spec, rundir, node),  # type: ignore[arg-type,return-value]
+        traffic=lambda case, env, stack, mac: flow_tests.FakeTraffic(world, case, env, stack),  # type: ignore[arg-type,return-value]
+    )
+
+
+class DoctorNode:
+    """A node for the doctor: `which` finds what `present` lists, `--version` says `version`."""
+
+    def __init__(self, present: set[str], version: str) -> None:
+        self.present = present
+        self.version = version
+
+    def which(self, binary: str) -> str | None:
+        return binary if binary in self.present else None
+
+    def execute(self, argv: list[str], timeout: float = 30.0) -> Completed:
+        if argv[0] in self.present and argv[1:] == ["--version"]:
+            return Completed(0, self.version, "")
+        return Completed(127, "", f"{argv[0]}: not found")
+
+
+def doctor_lines(node: DoctorNode, backend: str = "ovs-dpdk") -> dict[str, tuple[bool | None, str]]:
+    doc = Doctor()
+    doc.backend("host", node, backend)  # type: ignore[arg-type]
+    return {c.what: (c.ok, c.fix) for c in doc.checks}
+
+
+def test_doctor_checks_ovs_programs_version_and_dpdk() -> None:
+    every = set(OvsTools().programs().values())
+    good = doctor_lines(
+        DoctorNode(every, "ovs-vswitchd-dpdk (Open vSwitch) 3.1.0\nDPDK 22.11.11\n")
+    )
+    assert {what: ok for what, (ok, _) in good.items()} == {
+        "ovs programs": True, "ovs-vswitchd": True, "ovs dpdk": True, "ovs vhost client": True,
+    }  # fmt: skip
+    plain = doctor_lines(DoctorNode(every, "ovs-vswitchd (Open vSwitch) 3.1.0\n"))
+    assert plain["ovs dpdk"] == (False, "apt-get install openvswitch-switch-dpdk (its "
+                                 "ovs-vswitchd-dpdk)")  # fmt: skip
+    old = doctor_lines(DoctorNode(every, "ovs-vswitchd (Open vSwitch) 2.5.0\nDPDK 2.2.0\n"))
+    assert old["ovs vhost client"][0] is False
+    none = doctor_lines(DoctorNode(set(), ""))
+    assert none["ovs programs"][0] is False and none["ovs-vswitchd"][0] is False
+    assert doctor_lines(DoctorNode(set(), ""), "testpmd") == {}  # testpmd: `programs` checks it

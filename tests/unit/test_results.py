@@ -118,6 +118,14 @@ def test_from_query_migrate_completed() -> None:
     )
 
 
+def test_from_query_migrate_counts_postcopy_page_requests() -> None:
+    """A postcopy migration's destination faults: QEMU counts them in ram.postcopy-requests."""
+    reply = {**QMP_COMPLETED, "ram": {**QMP_COMPLETED["ram"], "postcopy-requests": 57,
+                                      "postcopy-bytes": 233472}}  # fmt: skip
+    assert MigrationFigures.from_query_migrate(reply).postcopy_requests == 57
+    assert MigrationFigures.from_query_migrate(QMP_COMPLETED).postcopy_requests == 0
+
+
 def test_from_query_migrate_active_has_no_downtime() -> None:
     m = MigrationFigures.from_query_migrate(QMP_ACTIVE)
     assert m.status == "active"
@@ -273,6 +281,7 @@ EXPECTED_RESULTS: dict[str, Any] = {
                 "expected_downtime_ms": 0,
                 "mbps": 230.5,
                 "dirty_sync_count": 3,
+                "postcopy_requests": 0,
             },
             "traffic": {
                 "sent": 5000,
@@ -306,6 +315,7 @@ EXPECTED_RESULTS: dict[str, Any] = {
                 "expected_downtime_ms": 0,
                 "mbps": 0.0,
                 "dirty_sync_count": 0,
+                "postcopy_requests": 0,
             },
             "traffic": {
                 "sent": 0,

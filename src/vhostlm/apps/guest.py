@@ -15,6 +15,7 @@ from vhostlm.addresses import GUEST_IP, PREFIX_LEN
 from vhostlm.apps.console import SHELL_PROMPT, GuestShell
 from vhostlm.apps.testpmd import PROMPT, STATS_RE
 from vhostlm.errors import SetupError
+from vhostlm.guests.contract import GUEST_TESTPMD_MB, GUEST_TESTPMD_MBUFS, PMD_HUGEPAGES
 from vhostlm.wait import Deadline, WaitTimeout, wait_until
 
 RX_LINE_RE = re.compile(r"^RX (\d+)\n", re.M)  # whole lines only: output arrives in pieces
@@ -70,10 +71,36 @@ class TestPmdReceiver:
     # a distro's getty prompting again: the shell testpmd ran in has gone
     SESSION_ENDED = r"\n[\w.-]+ login: "
 
+    # what the guest reserves for its testpmd, and what that testpmd takes of it (EAL -m,
+    # its mbuf pool): see guests.contract; None: testpmd's own default
+    hugepages: int = PMD_HUGEPAGES
+    mem_mb: int | None = GUEST_TESTPMD_MB
+    mbufs: int | None = GUEST_TESTPMD_MBUFS
+
     def __init__(self, probes: bool, lcores: str = "0-1") -> None:
         self.probes = probes
         self.lcores = lcores
         self.commands: list[str] = []
+
+    def testpmd_command(self) -> str:
+        """The guest's testpmd command line: the seed's, with its memory sized."""
+        eal = f" -m {self.mem_mb}" if self.mem_mb else ""
+        app = f" --total-num-mbufs={self.mbufs}" if self.mbufs else ""
+        return f"dpdk-testpmd -l {self.lcores} -n 4 --iova-mode=pa{eal} -- -i{app}"
+
+    def reserve_hugepages(self, shell: GuestShell) -> None:
+        """Reserve `hugepages` 2 MiB pages in the guest, at run time: only a virtio-pmd case
+        needs them. SetupError when the guest's kernel could not find them all."""
+        cmd = f"echo {self.hugepages} > /proc/sys/vm/nr_hugepages"
+        self.commands.append(cmd)
+        shell.run(cmd, timeout=60)
+        got = shell.run("cat /proc/sys/vm/nr_hugepages").strip().split()
+        if not got or got[-1] != str(self.hugepages):
+            raise SetupError(
+                f"the guest reserved {got[-1] if got else 'no'} of the {self.hugepages} "
+                "2 MiB hugepages its testpmd needs: give the guest more --guest-mem, or its "
+                "checker less --memcheck-mb"
+            )
 
     def _type(self, shell: GuestShell, line: str) -> int:
         self.commands.append(line)
@@ -82,7 +109,8 @@ class TestPmdReceiver:
         return mark
 
     def start(self, shell: GuestShell) -> None:
-        """Bind the device to uio_pci_generic and start testpmd."""
+        """Reserve its hugepages, bind the device to uio_pci_generic and start testpmd."""
+        self.reserve_hugepages(shell)
         pci = guest_nic_pci(shell)
         for cmd in (
             f"echo {pci} > /sys/bus/pci/drivers/virtio-pci/unbind",
@@ -90,7 +118,7 @@ class TestPmdReceiver:
         ):
             self.commands.append(cmd)
             shell.run(cmd)
-        mark = self._type(shell, f"dpdk-testpmd -l {self.lcores} -n 4 --iova-mode=pa -- -i")
+        mark = self._type(shell, self.testpmd_command())
         pattern = f"{re.escape(PROMPT)}|{re.escape(SHELL_PROMPT)}|{self.SESSION_ENDED}"
         found = shell.console.output.expect(pattern, 120, since=mark).group(0)
         if found.endswith("login: "):

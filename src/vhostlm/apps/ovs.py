@@ -15,11 +15,19 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from vhostlm.addresses import (
+    OVS_APPCTL_BINARY,
+    OVS_OFCTL_BINARY,
+    OVS_VSCTL_BINARY,
+    OVS_VSWITCHD_BINARY,
+    OVSDB_SERVER_BINARY,
+    OVSDB_TOOL_BINARY,
+)
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import Node, NodeProcess
 from vhostlm.rundir import RunDir
 
-OVS_VSWITCHD_DPDK = "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk"  # Debian's build
+OVS_VSWITCHD_DPDK = OVS_VSWITCHD_BINARY  # Debian's build with DPDK
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 DPDK_INITIALIZED_RE = r"DPDK Enabled - initialized"
 PMD_THREAD_PREFIX = "pmd-c"  # "pmd-c01/id:8": the PMD threads' names
@@ -30,13 +38,21 @@ LOG_ARGS = ("-vconsole:info", "-vsyslog:off", "-vfile:off")
 class OvsTools:
     """Where the OVS programs and the schema are on a node."""
 
-    vswitchd: str = OVS_VSWITCHD_DPDK
-    ovsdb_server: str = "ovsdb-server"
-    ovsdb_tool: str = "ovsdb-tool"
-    vsctl: str = "ovs-vsctl"
-    appctl: str = "ovs-appctl"
-    ofctl: str = "ovs-ofctl"
+    vswitchd: str = OVS_VSWITCHD_BINARY
+    ovsdb_server: str = OVSDB_SERVER_BINARY
+    ovsdb_tool: str = OVSDB_TOOL_BINARY
+    vsctl: str = OVS_VSCTL_BINARY
+    appctl: str = OVS_APPCTL_BINARY
+    ofctl: str = OVS_OFCTL_BINARY
     schema: str = OVS_SCHEMA
+
+    def programs(self) -> dict[str, str]:
+        """Every program an instance runs, by name: what must exist on its node."""
+        return {
+            "ovs-vswitchd": self.vswitchd, "ovsdb-server": self.ovsdb_server,
+            "ovsdb-tool": self.ovsdb_tool, "ovs-vsctl": self.vsctl,
+            "ovs-appctl": self.appctl, "ovs-ofctl": self.ofctl,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,32 @@ def vswitchd_argv(tools: OvsTools, files: OvsFiles) -> list[str]:
         "--no-chdir",
         *LOG_ARGS,
     ]
+
+
+OVS_VERSION_RE = re.compile(r"\(Open vSwitch\) (\d+)\.(\d+)(?:\.\d+)?")
+OVS_DPDK_RE = re.compile(r"^DPDK (\d+\.\d+\S*)", re.M)
+VHOST_CLIENT_OVS = (2, 6)  # dpdkvhostuserclient ports (QEMU the vhost-user server)
+
+
+@dataclass(frozen=True)
+class OvsVersion:
+    """What `ovs-vswitchd --version` says: its version and the DPDK it was built with."""
+
+    version: tuple[int, int] | None
+    dpdk: str | None  # None: built without DPDK (the plain ovs-vswitchd)
+    line: str  # its first line, for a reader
+
+
+def parse_ovs_version(text: str) -> OvsVersion:
+    """`ovs-vswitchd-dpdk --version`: "ovs-vswitchd-dpdk (Open vSwitch) 3.1.0" then, when
+    built with DPDK, "DPDK 22.11.11"."""
+    found, dpdk = OVS_VERSION_RE.search(text), OVS_DPDK_RE.search(text)
+    lines = text.strip().splitlines()
+    return OvsVersion(
+        (int(found[1]), int(found[2])) if found else None,
+        dpdk[1] if dpdk else None,
+        lines[0] if lines else "",
+    )
 
 
 def ovsdb_value(value: str) -> str:
@@ -330,15 +372,38 @@ class OvsSwitch:
             (self._vswitchd_started, self.vswitchd, self.files.vswitchd_ctl, ("exit", "--cleanup")),
             (self._db_started, self.db, self.files.db_ctl, ("exit",)),
         ):
-            if not started:
-                continue
-            if process.alive():
-                argv = [self.tools.appctl, "-t", ctl, "--timeout=5", *args]
-                with contextlib.suppress(SetupError):  # it may hang; the signal follows
-                    self.node.execute(argv, timeout=10)
-                process.wait(5)
-            process.stop()
+            if started:
+                self._exit(process, ctl, args)
         self._vswitchd_started = self._db_started = False
+
+    def _exit(self, process: NodeProcess, ctl: str, args: Sequence[str]) -> None:
+        """`ovs-appctl -t CTL ARGS` (exit), then by signal through its process."""
+        if process.alive():
+            argv = [self.tools.appctl, "-t", ctl, "--timeout=5", *args]
+            with contextlib.suppress(SetupError):  # it may hang; the signal follows
+                self.node.execute(argv, timeout=10)
+            process.wait(5)
+        process.stop()
+
+    def stop_vswitchd(self) -> None:
+        """ovs-vswitchd alone, as a restart of the service stops it: `exit` without
+        `--cleanup`, so nothing is deleted from the database; ovsdb-server keeps running."""
+        if self._vswitchd_started:
+            self._exit(self.vswitchd, self.files.vswitchd_ctl, ("exit",))
+        self._vswitchd_started = False
+
+    def restart_vswitchd(self, name: str, generation: int, timeout: float = 60.0) -> None:
+        """A new ovs-vswitchd (`name` in the logs) on the same database, after
+        `stop_vswitchd`: up to DPDK's initialisation, then until it has built the
+        database's bridge and ports. That wait is an ovs-vsctl transaction (a new
+        external_ids value, `generation`) returning once ovs-vswitchd's cur_cfg caught up:
+        its first reconfiguration came before it."""
+        env = self.files.env()
+        self.vswitchd = self.node.process(name, vswitchd_argv(self.tools, self.files),
+                                          self.vswitchd.rundir, env)  # fmt: skip
+        self.start_vswitchd(timeout)
+        self.vsctl("set", "Open_vSwitch", ".", f"external_ids:vhostlm-restarts={generation}",
+                   timeout=timeout)  # fmt: skip
 
     @staticmethod
     def _tail(process: NodeProcess) -> str:

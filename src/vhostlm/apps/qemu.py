@@ -18,7 +18,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from vhostlm.addresses import GUEST_MAC, QEMU_BINARY
 from vhostlm.apps.console import Console
 from vhostlm.errors import SetupError, UsageError
-from vhostlm.guests.contract import GUEST_HUGEPAGES
+from vhostlm.guests.contract import TOOLS_SERIAL
 from vhostlm.nodes.base import Node
 from vhostlm.rundir import RunDir
 from vhostlm.wait import Deadline, wait_until
@@ -168,10 +168,13 @@ class VmSpec:
     # the guest's own disk (an overlay of the user's image), booted through its bootloader;
     # source and destination open the same file, the destination inactive until switch-over
     boot_disk: Path | None = None
+    # vhostlm's own guest programs for a user's image (guests.tools): a read-only tar drive
+    tools_disk: Path | None = None
     # a second serial port (the guest's ttyS1) for the memory checker's reports, apart
     # from the console so that its lines never mix with testpmd's or the shell's
     check_socket: Path | None = None
-    append: str = f"console=ttyS0 hugepages={GUEST_HUGEPAGES} init_on_alloc=0 panic=-1 quiet"
+    # no hugepages= here: the guest reserves its testpmd's at run time, in a PMD case only
+    append: str = "console=ttyS0 init_on_alloc=0 panic=-1 quiet"
     binary: str = QEMU_BINARY
 
 
@@ -217,6 +220,9 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     if spec.boot_disk is not None:
         argv += ["-drive", f"file={spec.boot_disk},if=none,id=boot0,format=qcow2",
                  "-device", "virtio-blk-pci,drive=boot0,bootindex=1"]  # fmt: skip
+    if spec.tools_disk is not None:
+        argv += ["-drive", f"file={spec.tools_disk},if=none,id=tools0,format=raw,readonly=on",
+                 "-device", f"virtio-blk-pci,drive=tools0,serial={TOOLS_SERIAL}"]  # fmt: skip
     if spec.disk is not None:
         # read-only: source and destination open the same file on shared storage at once
         argv += ["-drive", f"file={spec.disk},if=none,id=disk0,format=raw,readonly=on",

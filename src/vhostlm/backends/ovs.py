@@ -18,13 +18,15 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+from collections.abc import Iterable
 
+from vhostlm.addresses import OVS_PACKAGE
 from vhostlm.apps.ovs import OvsFiles, OvsSwitch, OvsTools, ovsdb_value
 from vhostlm.apps.testpmd import VHOST_READY_RE, PortStats
-from vhostlm.backends.base import BackendConfig, VhostBackend
+from vhostlm.backends.base import CLIENT, FLOOD, POSTCOPY, BackendConfig, VhostBackend
 from vhostlm.errors import SetupError
 from vhostlm.nodes.base import NodeProcess
-from vhostlm.testbed.topology import Nic
+from vhostlm.testbed.topology import Nic, Tools
 
 OVS_MB = 256  # hugepage memory of each ovs-vswitchd (dpdk-socket-mem and -limit)
 PMD_CPU_MASK = "0x2"  # one PMD thread, on CPU 1 (testpmd's forwarding lcore's)
@@ -116,11 +118,21 @@ def bridge_args(config: BackendConfig, files: OvsFiles) -> list[str]:
     return args
 
 
+# what OVS cannot do that a case may need
+LACKS = {FLOOD: "OVS-DPDK cannot send into the guest at full speed (a testpmd txonly flood)"}
+# OVS registers only its dpdkvhostuserclient ports with RTE_VHOST_USER_POSTCOPY_SUPPORT
+# (lib/netdev-dpdk.c, netdev_dpdk_vhost_client_reconfigure; netdev_dpdk_vhost_construct of
+# a dpdkvhostuser port never sets it), so QEMU refuses postcopy-ram on a server-mode port:
+# "vhost-user backend not capable of postcopy"
+POSTCOPY_SERVER = (
+    "OVS-DPDK offers postcopy only on dpdkvhostuserclient ports (lib/netdev-dpdk.c): "
+    "run it with --vhost-mode client"
+)
+
+
 def unsupported(config: BackendConfig) -> str | None:
     """Why OVS-DPDK cannot be the backend of `config`, or None."""
-    if config.flood:
-        return "OVS-DPDK cannot send into the guest at full speed (a testpmd txonly flood)"
-    return None
+    return OvsBackend.unsupported(config.needs)
 
 
 class OvsBackend(VhostBackend):
@@ -128,17 +140,33 @@ class OvsBackend(VhostBackend):
 
     program = "ovs-vswitchd"
     ready_re = re.compile(VHOST_READY_RE)
+    lacks = LACKS
+    hugepage_mb = OVS_MB
+    package = OVS_PACKAGE
 
     def __init__(self, config: BackendConfig, tools: OvsTools | None = None) -> None:
         super().__init__(config)
         tools = tools or OvsTools()
-        # the flow passes the node's testpmd as `binary` until Tools names an ovs-vswitchd
-        if posixpath.basename(config.binary).startswith("ovs-vswitchd"):
+        if config.binary:  # the node's ovs-vswitchd (`binary(tools)`), as the flow passes it
             tools = OvsTools(**{**tools.__dict__, "vswitchd": config.binary})
         self.tools = tools
         self.files = ovs_files(config)
         self.vhost_port = vhost_port(config)
         self.switch = OvsSwitch(config.name, config.node, config.rundir, self.files, tools)
+
+    @classmethod
+    def unsupported(cls, wanted: Iterable[str]) -> str | None:
+        """As VhostBackend's, and postcopy only in client mode (POSTCOPY_SERVER)."""
+        features = frozenset(wanted)
+        if POSTCOPY in features and CLIENT not in features:
+            return POSTCOPY_SERVER
+        return super().unsupported(features)
+
+    @classmethod
+    def programs(cls, tools: Tools) -> dict[str, str]:
+        """ovs-vswitchd with DPDK first, then ovsdb-server and the tools (OvsTools' defaults:
+        the node's Tools name no OVS program)."""
+        return OvsTools().programs()
 
     @property
     def process(self) -> NodeProcess:
@@ -158,14 +186,33 @@ class OvsBackend(VhostBackend):
         sw.configure(other_config(self.config))
         sw.start_vswitchd()
         sw.vsctl(*bridge_args(self.config, self.files), timeout=60)
-        ifaces = sw.interfaces()
+        self._ports_up()
+        self._record_config()
+
+    def _ports_up(self) -> None:
+        """Both ports have an OpenFlow port and no error (SetupError with OVS's error if
+        not); then the PMD threads, which the ports' queues made, are niced."""
+        ifaces = self.switch.interfaces()
         for name in (PHY_PORT, self.vhost_port):
             state = ifaces.get(name)
             if state is None or state.ofport < 0 or state.error:
                 why = state.error if state is not None and state.error else "no OpenFlow port"
                 raise SetupError(f"{self.config.name}: OVS port {name}: {why}")
-        sw.pmd_threads_nice(PMD_NICE)
-        self._record_config()
+        self.switch.pmd_threads_nice(PMD_NICE)
+
+    def _halt(self) -> None:
+        """ovs-vswitchd alone, as `systemctl restart` would stop it: ovsdb-server and the
+        database (the bridge, its ports, other_config) stay, so the next ovs-vswitchd
+        builds the same bridge and its client port connects to QEMU's socket again."""
+        self.switch.stop_vswitchd()
+
+    def _respawn(self) -> None:
+        """A new ovs-vswitchd on the kept database, up to its bridge and ports; `forward`
+        then adds the NORMAL flow again (OpenFlow flows are not in the database: ovs-ctl's
+        restart saves and restores them, an SDN controller re-installs them)."""
+        name = f"{self.config.name}-restart{self.restarts}"
+        self.switch.restart_vswitchd(name, self.restarts)
+        self._ports_up()
 
     def _record_config(self) -> None:
         """`ovs-vsctl show` and the Open_vSwitch row beside the logs, for a reader."""

@@ -7,6 +7,7 @@ import re
 from vhostlm.apps.testpmd import VHOST_READY_RE, PortStats, TestPmd, testpmd_argv
 from vhostlm.backends.base import BackendConfig, VhostBackend
 from vhostlm.nodes.base import NodeProcess
+from vhostlm.testbed.topology import Tools
 
 TESTPMD_MB = 128  # hugepage memory of each vhost testpmd
 TESTPMD_MBUFS = 16384  # testpmd's default pool would take ~600 MiB of hugepages
@@ -53,10 +54,17 @@ class TestpmdBackend(VhostBackend):
     __test__ = False
     program = "testpmd"
     ready_re = re.compile(VHOST_READY_RE)
+    hugepage_mb = TESTPMD_MB
+    package = "dpdk-dev"
 
     def __init__(self, config: BackendConfig) -> None:
         super().__init__(config)
         self.app = TestPmd(config.name, vhost_argv(config), config.rundir, config.node)
+
+    @classmethod
+    def programs(cls, tools: Tools) -> dict[str, str]:
+        """testpmd, as the node's Tools name it."""
+        return {"testpmd": tools.testpmd}
 
     @property
     def process(self) -> NodeProcess:
@@ -86,3 +94,15 @@ class TestpmdBackend(VhostBackend):
     def stop(self) -> None:
         """`quit`, then signals."""
         self.app.stop()
+
+    def _halt(self) -> None:
+        """`quit` (its vhost socket closes: QEMU sees the backend go)."""
+        self.app.stop()
+
+    def _respawn(self) -> None:
+        """The same command line as a new testpmd (its own log, `<name>-restartN`) up to
+        its prompt; with `client=1` it connects to QEMU's socket as it starts."""
+        config = self.config
+        name = f"{config.name}-restart{self.restarts}"
+        self.app = TestPmd(name, vhost_argv(config), config.rundir, config.node)
+        self.start()

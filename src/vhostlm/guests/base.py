@@ -37,6 +37,7 @@ class BootFiles:
     initrd: Path | None
     disk: Path | None = None
     boot_disk: Path | None = None  # a qcow2 overlay, booted through its bootloader
+    tools_disk: Path | None = None  # vhostlm's programs for a user's image (guests.tools)
 
 
 class Guest(ABC):

@@ -19,8 +19,14 @@ from vhostlm.apps.guest import KernelReceiver, Receiver, TestPmdReceiver
 from vhostlm.apps.qemu import QemuVm
 from vhostlm.errors import SetupError, StepFailed, UsageError
 from vhostlm.guests.base import BootFiles, Driver, Guest
-from vhostlm.guests.contract import GUEST_HUGEPAGES
+from vhostlm.guests.contract import DISK_HUGEPAGES, TOOLS_SERIAL
+from vhostlm.guests.initramfs import dirty_load_fill, dirty_load_loop
+from vhostlm.guests.memcheck import MEMCHECK_BIN
+from vhostlm.guests.tools import GUEST_DIRS, UNPACK
+from vhostlm.image.host import sha256_file
+from vhostlm.nodes.local import LocalNode
 from vhostlm.rundir import RunDir
+from vhostlm.testbed.remote import remote_sha256
 from vhostlm.testbed.topology import Topology
 from vhostlm.wait import Deadline
 
@@ -42,6 +48,7 @@ class DiskSpec:
     fmt: str
     user: str
     password: str = field(repr=False)
+    tools: Path | None = None  # vhostlm's programs for the guest (guests.tools), on this machine
 
 
 def image_format(path: Path) -> str:
@@ -73,6 +80,7 @@ class DiskGuest(Guest):
         self.spec = spec
         self.case = case
         self.overlay: str | None = None
+        self.tools: dict[str, str] = {}  # role -> the tools drive on its node
 
     def prepare(self, bed: Topology, rundir: RunDir, stack: ExitStack) -> None:
         """The case's overlay of the image, on the host's node; removed with the case."""
@@ -83,13 +91,28 @@ class DiskGuest(Guest):
                   "-b", str(self.spec.image), overlay])  # fmt: skip
         stack.callback(node.run, ["rm", "-f", overlay], check=False)
         self.overlay = overlay
+        if self.spec.tools is not None:
+            self.tools = {role: self._put_tools(bed, role, self.spec.tools)
+                          for role in ("host", "backup")}  # fmt: skip
+
+    @staticmethod
+    def _put_tools(bed: Topology, role: str, tools: Path) -> str:
+        """The tools drive copied into the run's directory on the role's node (checked)."""
+        node = bed.node(role)
+        remote = f"{bed.workdir(role)}/{tools.name}"
+        node.put(tools, remote)
+        if not isinstance(node, LocalNode) and remote_sha256(node, remote) != sha256_file(tools):
+            raise SetupError(f"{node.label}: the copy of {tools.name} differs (checksum)")
+        return remote
 
     def boot_files(self, bed: Topology, role: str) -> BootFiles:
         """The overlay, as the boot disk (the shared disk of a testbed beside it)."""
         if self.overlay is None:
             raise SetupError("disk guest: prepare() makes the overlay before the QEMUs start")
         disk = bed.guest_disk()
-        return BootFiles(None, None, Path(disk) if disk else None, boot_disk=Path(self.overlay))
+        tools = self.tools.get(role)
+        return BootFiles(None, None, Path(disk) if disk else None, boot_disk=Path(self.overlay),
+                         tools_disk=Path(tools) if tools else None)  # fmt: skip
 
     def wait_shell(self, vm: QemuVm, timeout: float) -> GuestShell:
         """Log in on the serial console within `timeout`, then start vhostlm's shell."""
@@ -116,7 +139,21 @@ class DiskGuest(Guest):
         out.expect(re.escape(SHELL_PROMPT), 30, since=found.end(), alive=alive)
         shell = GuestShell(vm.console)
         shell.run("dmesg -n 1")  # kernel messages off the console: they would split output
+        if self.tools:
+            self._unpack_tools(shell)
         return shell
+
+    @staticmethod
+    def _unpack_tools(shell: GuestShell) -> None:
+        """Unpack the tools drive in the guest, first on its PATH; StepFailed naming what the
+        guest said when its memory checker is not there after it."""
+        said = shell.run(UNPACK, timeout=60).strip().splitlines()
+        if not said or said[-1].strip() not in {f"{d}/{MEMCHECK_BIN}" for d in GUEST_DIRS}:
+            raise StepFailed(
+                f"the guest did not unpack vhostlm's tools drive (serial {TOOLS_SERIAL}) "
+                f"into any of {', '.join(GUEST_DIRS)} where its memory checker runs: "
+                f"{' | '.join(said[-2:]) or 'no output'} (it needs tar and virtio_blk)"
+            )
 
     def receiver(self, driver: Driver, probes: bool, queues: int) -> Receiver:
         """The distro's own testpmd (hugepages and uio_pci_generic set up first), or its
@@ -126,21 +163,27 @@ class DiskGuest(Guest):
         return KernelReceiver(probes, queues=queues, pause="sleep 0.1")
 
     def start_dirty_load(self, shell: GuestShell, mb_s: int) -> str:
-        """Rewrite a file of `mb_s` MiB in /dev/shm (systemd's tmpfs) once a second."""
-        cmd = (
-            f"(while :; do dd if=/dev/zero of=/dev/shm/dirty bs=1M count={mb_s} conv=notrunc "
-            "2>/dev/null; sleep 1; done) &"
-        )
-        shell.run(cmd)
-        return cmd
+        """Rewrite a file of `mb_s` MiB in /dev/shm (systemd's tmpfs) with non-zero data
+        once a second, as the initramfs guest does (coreutils' sleep)."""
+        fill, loop = dirty_load_fill(mb_s), dirty_load_loop(mb_s, pause="sleep 1")
+        shell.run(fill, timeout=60)
+        shell.run(loop)
+        return f"{fill}; {loop}"
 
 
 class DistroTestPmdReceiver(TestPmdReceiver):
     """testpmd as a distro guest has it: the seed's step 7 after reserving hugepages at run
     time and loading uio_pci_generic; a guest without DPDK makes the case a skip."""
 
+    # Debian's testpmd as before: its own memory defaults, in DISK_HUGEPAGES (unmeasured
+    # with the initramfs guest's smaller sizing)
+    hugepages = DISK_HUGEPAGES
+    mem_mb = None
+    mbufs = None
+
     def start(self, shell: GuestShell) -> None:
-        """Check for testpmd, reserve hugepages, load the module; then as in the image."""
+        """Check for testpmd, mount hugetlbfs, load the module; then as in the image (which
+        reserves the hugepages)."""
         if not shell.run("command -v dpdk-testpmd || true").strip():
             from vhostlm.plans.steps import CaseSkipped
 
@@ -148,7 +191,6 @@ class DistroTestPmdReceiver(TestPmdReceiver):
                 "the guest image has no dpdk-testpmd: install DPDK in it (Debian: dpdk-dev)"
             )
         for cmd in (
-            f"echo {GUEST_HUGEPAGES} > /proc/sys/vm/nr_hugepages",
             "grep -qs ' /dev/hugepages ' /proc/mounts || "
             "{ mkdir -p /dev/hugepages && mount -t hugetlbfs nodev /dev/hugepages; }",
             "modprobe uio_pci_generic",

@@ -39,17 +39,45 @@ class InitramfsGuest(Guest):
         return KernelReceiver(probes, queues=queues)
 
     def start_dirty_load(self, shell: GuestShell, mb_s: int) -> str:
-        """Rewrite a tmpfs file of `mb_s` MiB once a second (busybox's usleep)."""
+        """Rewrite a tmpfs file of `mb_s` MiB with non-zero data once a second (busybox's
+        usleep)."""
         return start_dirty_load(shell, mb_s)
 
 
-def start_dirty_load(shell: GuestShell, mb_s: int) -> str:
-    """Rewrite a tmpfs file of `mb_s` MiB once a second in the background: guest memory
-    dirtied at about `mb_s` MiB/s for as long as the guest runs."""
-    cmd = (
-        f"(while :; do dd if=/dev/zero of=/dev/shm/dirty bs=1M count={mb_s} conv=notrunc "
-        "2>/dev/null; usleep 1000000; done) &"
+DIRTY_BYTE = "\\252"
+"""The byte the dirtying load writes (octal, for tr): anything but zero. QEMU sends a page
+of zeroes as a marker of a few bytes, so `dd if=/dev/zero` dirtied nothing it had to send."""
+
+
+def dirty_load_fill(mb_s: int, where: str = "/dev/shm") -> str:
+    """The shell command that writes the load's source once: `mb_s` MiB of DIRTY_BYTE in
+    `where`/dirty.src (1 MiB made by tr, then copied: cheap even under TCG)."""
+    chunk = f"{where}/dirty.1m"
+    return (
+        f"dd if=/dev/zero bs=1024 count=1024 2>/dev/null | tr '\\000' '{DIRTY_BYTE}' > {chunk}"
+        f" && i=0 && while [ $i -lt {mb_s} ]; do cat {chunk}; i=$((i+1)); done "
+        f"> {where}/dirty.src && rm -f {chunk}"
     )
+
+
+def dirty_load_round(mb_s: int, where: str = "/dev/shm") -> str:
+    """The shell command of one round: copy the source over the same `mb_s` MiB of
+    `where`/dirty (in place, conv=notrunc), so every one of its pages is dirtied again."""
+    return f"dd if={where}/dirty.src of={where}/dirty bs=1M count={mb_s} conv=notrunc 2>/dev/null"
+
+
+def dirty_load_loop(mb_s: int, where: str = "/dev/shm", pause: str = "usleep 1000000") -> str:
+    """The background loop: a round a second. The pause runs beside the round, not after
+    it, so a slow copy (TCG) does not stretch the second: about `mb_s` MiB/s."""
+    return f"(while :; do {pause} & {dirty_load_round(mb_s, where)}; wait; done) &"
+
+
+def start_dirty_load(shell: GuestShell, mb_s: int) -> str:
+    """Rewrite a tmpfs file of `mb_s` MiB with non-zero data once a second in the
+    background: guest memory dirtied at about `mb_s` MiB/s for as long as the guest runs
+    (it holds 2 x `mb_s` MiB: the source and the file rewritten); the commands, as run."""
     shell.run("mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm 2>/dev/null; true")
-    shell.run(cmd)
-    return cmd
+    fill, loop = dirty_load_fill(mb_s), dirty_load_loop(mb_s)
+    shell.run(fill, timeout=60)
+    shell.run(loop)
+    return f"{fill}; {loop}"

@@ -133,14 +133,26 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ranked[int(rank) - 1]
 
 
-def noise_floor(times: Sequence[float], until: float | None) -> dict[str, float]:
+def _inside(a: float, b: float, spans: Sequence[tuple[float, float]]) -> bool:
+    """The gap (a, b) shares more than an edge with one of `spans`."""
+    return any(a < hi and b > lo for lo, hi in spans)
+
+
+def noise_floor(
+    times: Sequence[float], until: float | None, quiet: Sequence[tuple[float, float]] = ()
+) -> dict[str, float]:
     """{p99, max} in ms of the gaps between consecutive replies arriving before `until`
-    (the steady stream before the first migrate; None: the whole stream).
+    (the steady stream before the first migrate; None: the whole stream), leaving out the
+    gaps inside `quiet` spans (a backend restarted on purpose: no steady stream there).
 
     Under TCG the guest answers in bursts (a vCPU runs a time slice, then another), so
     this is far above the probe interval: a gap no larger is not a measured outage."""
     steady = sorted(t for t in times if until is None or t < until)
-    gaps = [(b - a) * 1000.0 for a, b in zip(steady, steady[1:], strict=False)]
+    gaps = [
+        (b - a) * 1000.0
+        for a, b in zip(steady, steady[1:], strict=False)
+        if not _inside(a, b, quiet)
+    ]
     return {"p99": round(percentile(gaps, 99), 3), "max": round(max(gaps, default=0.0), 3)}
 
 
@@ -164,9 +176,14 @@ def switch_window(
     guest running on the source) is reported apart, never taken for the outage. The margin,
     MARGIN_INTERVALS probe intervals plus the noise p99, keeps the last replies before
     STOP (still on their way back, or late in a burst) inside. Without a STOP (cancelled,
-    failed) the window is the whole migration, as before: [migrate, end + settle]."""
+    failed) the window is the whole migration, as before: [migrate, end + settle].
+    Postcopy (a `postcopy-active` mark): the destination runs before it holds every page,
+    and each page its guest or backend faults on waits for the source, so replies may
+    stall until `completed`: the window runs to completion."""
     margin = MARGIN_INTERVALS / pps + noise_p99_ms / 1000.0 if pps > 0 else 0.0
     end = marks.get("resume", marks.get("cancelled", marks.get("completed", last)))
+    if "postcopy-active" in marks and "completed" in marks:
+        end = max(end, marks["completed"])
     migrate = marks.get("migrate", first)
     if "stop" not in marks:
         return (migrate, end + settle_s), None
@@ -258,6 +275,7 @@ def analyse(
     precopy: Sequence[tuple[float, float] | None] = (),
     drops: Sequence[Sequence[float]] = (),
     tester_drops: int | None = None,
+    quiet: Sequence[tuple[float, float]] = (),
 ) -> StreamFigures:
     """Figures of a stream: probes sent at `send_ts`, replies as (seq, arrival) in order.
 
@@ -266,7 +284,9 @@ def analyse(
     outage gaps, less a noise p99 before each: a request sent then was answered in it).
     `baseline_end`: the first migrate (the noise floor is the replies before it; None:
     the whole stream); `precopy`: each window's precopy span; `drops`: the tester's receive
-    drops as [since, until, count]; `tester_drops`: their total (default: their sum).
+    drops as [since, until, count]; `tester_drops`: their total (default: their sum);
+    `quiet`: reply gaps of a backend restarted on purpose (`measure.reconnect`): not noise,
+    and their lost probes are not unexplained (the reconnect reports them).
     """
     resolution_ms = 1000.0 / pps if pps > 0 else 0.0
     sent = len(send_ts)
@@ -282,7 +302,7 @@ def analyse(
         )  # fmt: skip
     ordered = sorted((t, s) for s, t in valid)
     times = [t for t, _ in ordered]
-    noise = noise_floor(times, baseline_end)
+    noise = noise_floor(times, baseline_end, quiet)
     edges = (send_ts[0], send_ts[-1])
     spans: list[tuple[float, float] | None] = [*windows] or [None]
     gaps = [largest_gap(times, *edges, w) for w in spans]
@@ -292,7 +312,7 @@ def analyse(
     pre = precopy[pick] if pick < len(precopy) else None
     edge = edge_figures(send_ts, ordered, gap, window, pre, noise, pps, drops)
     lead = max(resolution_ms, noise["p99"]) / 1000.0
-    covered = [*windows, *((a - lead, b) for a, b in gaps)] if windows else []
+    covered = [*windows, *((a - lead, b) for a, b in (*gaps, *quiet))] if windows else []
     unexplained = [
         ts
         for seq, ts in enumerate(send_ts)

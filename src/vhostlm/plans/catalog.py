@@ -6,6 +6,7 @@ import re
 
 from vhostlm.errors import UsageError
 from vhostlm.plans.dts import DTS_CASES
+from vhostlm.plans.reconnect import RECONNECT_CASES
 from vhostlm.plans.seed import SEED_CASES
 from vhostlm.plans.spec import CaseSpec
 from vhostlm.plans.variants import DETECT_CASES, VARIANT_CASES
@@ -15,7 +16,8 @@ PLANS: dict[str, list[CaseSpec]] = {
     "dts": DTS_CASES,
     "variants": VARIANT_CASES,
     "detect": DETECT_CASES,  # loads that expose lost guest state (bench/detect_bench.py)
-    "all": [*SEED_CASES, *DTS_CASES, *VARIANT_CASES, *DETECT_CASES],
+    "reconnect": RECONNECT_CASES,  # a backend restarted mid-case must reconnect (client mode)
+    "all": [*SEED_CASES, *DTS_CASES, *VARIANT_CASES, *DETECT_CASES, *RECONNECT_CASES],
 }
 
 

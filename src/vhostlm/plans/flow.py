@@ -3,8 +3,8 @@
 `run_case(spec, env)` turns a `CaseSpec` into named steps. Each step is declared once (in
 `BEFORE` and `AFTER` here, the legs' in `plans.leg` and `plans.kinds`); the planned list
 that reports unrun steps as skipped is derived from the same declarations. The backend and
-the guest come from their registries by the names in the spec, so a new backend or guest
-is a new module there, not a branch here.
+the guest come from their registries by name (the backend's: --backend, unless the spec
+pins one), so a new backend or guest is a new module there, not a branch here.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from vhostlm.apps.guest import Receiver
 from vhostlm.apps.qemu import QemuVm, VmSpec, msix_vectors
 from vhostlm.apps.testpmd import VERBOSE_RX_RE
-from vhostlm.backends.base import BackendConfig, VhostBackend
-from vhostlm.backends.registry import make_backend
+from vhostlm.backends.base import CLIENT, BackendConfig, VhostBackend
+from vhostlm.backends.registry import backend_class, make_backend
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.guests.base import Driver, Guest
 from vhostlm.guests.disk import DiskGuest
@@ -32,7 +32,8 @@ from vhostlm.plans.env import LabEnv
 from vhostlm.plans.faults import NO_TRAFFIC, Vitals
 from vhostlm.plans.integrity import IntegrityWatch
 from vhostlm.plans.leg import Migration, Side, leg_step_names
-from vhostlm.plans.spec import CaseSpec
+from vhostlm.plans.restart import BackendRestart, recovered
+from vhostlm.plans.spec import CaseSpec, Restart
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, check_limits, check_measurement
 from vhostlm.report.results import CaseResult, IntegrityFigures, StepResult
@@ -126,7 +127,8 @@ class CaseFlow:
             "switch_learning": opts.switch_learning,
             "migrations": self.legs(),
             "guest_memory": opts.guest_memory,
-            "vhost_mode": opts.vhost_mode,
+            "backend": self.backend_name(),
+            "vhost_mode": self.vhost_mode(),
             "probe_size": opts.probe_size if opts.probes else 0,
             "memcheck_mb": self.integrity.memcheck_mb,
             "qemu": self.env.bed.tools("host").qemu,
@@ -223,36 +225,56 @@ class CaseFlow:
         payload = self.traffic.payload if self.traffic is not None else {}
         backends = list(self.backends.items())
         ram = self.migration.ram_diffs if self.migration is not None else []
-        return self.integrity.collect(payload, self._final, backends, self._t0, wait, ram)
+        restarts = [r.span() for r in self.traffic.restarts] if self.traffic is not None else []
+        return self.integrity.collect(payload, self._final, backends, self._t0, wait, ram,
+                                      restarts)  # fmt: skip
 
     # -- the steps before the first migration and after the last ---------------------------
 
+    def backend_name(self) -> str:
+        """The vhost-user backend of this case: the one its spec pins, else --backend."""
+        return self.spec.backend or self.env.options.backend
+
     def _backend(self, role: str) -> VhostBackend:
-        """Start the role's vhost-user backend (stopped by the case's stack)."""
+        """Start the role's vhost-user backend (stopped by the case's stack); a case the
+        backend cannot run (a feature it lacks) is skipped before anything starts."""
         env, spec = self.env, self.spec
         bed = env.bed
+        name = self.backend_name()
+        cls = backend_class(name)
+        why = cls.unsupported(spec.backend_needs | self._mode_needs())
+        if why:
+            raise CaseSkipped(f"not on --backend {name}: {why}")
         sock = self.vhost_socket(role)
         bed.claim_socket(role, sock)
         config = BackendConfig(
-            name=f"{spec.name}-{spec.backend}-{role}",
+            name=f"{spec.name}-{name}-{role}",
             node=bed.node(role),
             rundir=env.rundir,
             socket=sock,
             nic=bed.nic(role),
             hugedir=bed.hugedir(role),
-            binary=bed.tools(role).testpmd,
+            binary=cls.binary(bed.tools(role)),
             file_prefix=f"vhostlm-{env.rundir.run_id}-{spec.name}-{role}",
             queues=spec.queues,
             postcopy=spec.kind.postcopy,
             flood=spec.rx_flood,
-            client=env.options.vhost_mode == "client",
+            client=self.vhost_mode() == "client",
         )
-        backend = self.drivers.backend(spec.backend, config)
+        backend = self.drivers.backend(name, config)
         self.stack.callback(backend.stop)
         backend.start()
         self.vitals.watch(f"the {role} {backend.program}", backend.process, role)
         self.backends[role] = backend
         return backend
+
+    def vhost_mode(self) -> str:
+        """The vhost-user mode of this case: the one its spec pins, else --vhost-mode."""
+        return self.spec.vhost_mode or self.env.options.vhost_mode
+
+    def _mode_needs(self) -> frozenset[str]:
+        """What the vhost-user mode asks of the backend (client mode: it connects to QEMU)."""
+        return frozenset({CLIENT}) if self.vhost_mode() == "client" else frozenset()
 
     def vhost_socket(self, role: str) -> str:
         """The vhost-user socket of `role`'s backend, on its node."""
@@ -281,10 +303,11 @@ class CaseFlow:
             incoming=(f"tcp:{bed.migration_ip(role)}:{bed.migration_port}" if incoming else None),
             defer_incoming=incoming and spec.kind.defer_incoming,
             hold=incoming and env.options.verify_ram and not spec.kind.postcopy,
-            vhost_server=env.options.vhost_mode == "client",
+            vhost_server=self.vhost_mode() == "client",
             binary=bed.tools(role).qemu,
             disk=boot.disk,
             boot_disk=boot.boot_disk,
+            tools_disk=boot.tools_disk,
             check_socket=(
                 Path(bed.socket_path(role, f"{tag}-memcheck.sock"))
                 if self.integrity.memcheck_mb
@@ -345,7 +368,7 @@ class CaseFlow:
         """Prerequisite 4: the same backend on the backup (unless --no-backup-backend)."""
         if not self.env.options.backup_backend:
             step.verdict = "skip"
-            backend = self.spec.backend
+            backend = self.backend_name()
             step.detail = f"no vhost {backend} started on the backup (--no-backup-backend)"
             return
         self._backend("backup").forward()
@@ -410,6 +433,18 @@ class CaseFlow:
         """A memory-dirtying load in the guest, at the case's rate."""
         step.detail = self.guest.start_dirty_load(self.sides[0].shell, self.spec.dirty_mb_s)
 
+    def restart_source(self, step: StepResult) -> None:
+        """Reconnect case: the host's backend restarted before the migration starts; it
+        must reconnect and the guest answer again (`plans.restart`)."""
+        assert self.traffic is not None
+        restart = BackendRestart(self.backends, self.vitals, self.traffic, self.receiver,
+                                 self.env.options)  # fmt: skip
+        restart.run("host", self.sides[0].shell, step)
+
+    def reconnect_recovered(self, step: StepResult) -> None:
+        """The backend restart's recovery was measured by the probes (`measure.reconnect`)."""
+        step.detail = recovered(self.result.measure, step)
+
     def guest_intact(self, step: StepResult) -> None:
         """The guest is whole: payloads, memory pages, no sign of lost state in any log."""
         figures = self.result.integrity = self._integrity(wait=True)
@@ -450,6 +485,14 @@ def _switch_over_probed(spec: CaseSpec, options: Any) -> bool:
     return bool(options.probes) and spec.kind.moves_guest
 
 
+def _restarts_source(spec: CaseSpec, _options: Any) -> bool:
+    return spec.restart is Restart.SOURCE
+
+
+def _restart_probed(spec: CaseSpec, options: Any) -> bool:
+    return spec.restart is not None and bool(options.probes)
+
+
 def _limited(_spec: CaseSpec, options: Any) -> bool:
     return options.max_outage_ms is not None or options.max_loss is not None
 
@@ -465,10 +508,12 @@ BEFORE: tuple[StepDef[CaseFlow], ...] = (
     StepDef("vhost_connected", CaseFlow.vhost_connected, "step 8"),
     StepDef("guest_receives", CaseFlow.guest_receives, "step 9"),
     StepDef("guest_dirty_load", CaseFlow.dirty_load, when=_loads),
+    StepDef("restart_source_backend", CaseFlow.restart_source, when=_restarts_source),
 )
 AFTER: tuple[StepDef[CaseFlow], ...] = (
     StepDef(INTACT_STEP, CaseFlow.guest_intact),
     StepDef("outage_sound", CaseFlow.outage_sound, when=_switch_over_probed),
+    StepDef("reconnect_recovered", CaseFlow.reconnect_recovered, when=_restart_probed),
     StepDef("within_limits", CaseFlow.within_limits, when=_limited),
 )
 

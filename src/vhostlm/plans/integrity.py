@@ -19,7 +19,13 @@ from vhostlm.apps.qemu import QemuVm
 from vhostlm.backends.base import VhostBackend
 from vhostlm.errors import SetupError
 from vhostlm.guests.memcheck import MemcheckSummary, memcheck_command, summarise
-from vhostlm.integrity.anomalies import Anomaly, anomaly_failure, as_dicts, scan_logs
+from vhostlm.integrity.anomalies import (
+    Anomaly,
+    anomaly_failure,
+    as_dicts,
+    expected_at_restart,
+    scan_logs,
+)
 from vhostlm.integrity.ramdiff import RamDiff
 from vhostlm.measure.payload import payload_failure
 from vhostlm.report.results import IntegrityFigures
@@ -97,17 +103,23 @@ class IntegrityWatch:
                     )  # fmt: skip
         return found[:BAD_SAMPLES]
 
-    def anomalies(self, backends: list[tuple[str, VhostBackend]], until: float) -> list[Anomaly]:
-        """The known signs of lost state in every program's output up to `until`."""
+    def anomalies(
+        self,
+        backends: list[tuple[str, VhostBackend]],
+        until: float,
+        restarts: list[tuple[float, float]] | None = None,
+    ) -> list[Anomaly]:
+        """The known signs of lost state in every program's output up to `until`; inside
+        `restarts` (a backend restarted on purpose) QEMU's lines about it are expected."""
         sources: list[tuple[str, str, list[tuple[float, str]]]] = []
-        for role, backend in backends:
-            lines = backend.process.output.timed_lines()
+        for role, backend in backends:  # every process of it: a restarted one's too
+            lines = [line for p in backend.processes for line in p.output.timed_lines()]
             sources.append((f"{role} {backend.program}", "backend", lines))
         for vm in self.vms:
             sources.append((f"QEMU {vm.spec.name}", "qemu", vm.process.output.timed_lines()))
             lines = vm.console.output.timed_lines()
             sources.append((f"guest console {vm.spec.name}", "guest", lines))
-        return scan_logs(sources, until)
+        return expected_at_restart(scan_logs(sources, until), restarts or [])
 
     def collect(
         self,
@@ -117,6 +129,7 @@ class IntegrityWatch:
         t0: float,
         wait: bool,
         ram: list[RamDiff] | None = None,
+        restarts: list[tuple[float, float]] | None = None,
     ) -> IntegrityFigures:
         """Every check's figures, and the first failure in words (payload, memory, logs)."""
         until = time.time()
@@ -159,7 +172,7 @@ class IntegrityWatch:
             elif wait and final is not None and summary.scans == 0:
                 failures.append("the memory checker printed no complete scan after the switch-over")
         figures.checks.append("anomalies")
-        found = self.anomalies(backends, until)
+        found = self.anomalies(backends, until, restarts)
         figures.anomalies = as_dicts(found, t0)
         why = anomaly_failure(found)
         if why is not None:

@@ -24,7 +24,8 @@ from vhostlm.nodes.clock import NodeClock
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.faults import Vitals
 from vhostlm.plans.kinds import SOURCE_KEEPS_RECEIVING
-from vhostlm.plans.spec import CaseSpec
+from vhostlm.plans.restart import BackendRestart, after_window
+from vhostlm.plans.spec import CaseSpec, Restart
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, event_time
 from vhostlm.report.figures import mib
@@ -154,7 +155,7 @@ def leg_step_names(spec: CaseSpec, env: LabEnv, leg: int) -> list[str]:
 
 def leg_defs(spec: CaseSpec, env: LabEnv) -> list[StepDef[LegRun]]:
     """The steps of one leg of `spec`, in order: the common start, then the kind's end."""
-    defs: list[StepDef[Any]] = [*LEG_START, *spec.kind.end_steps()]
+    defs: list[StepDef[Any]] = [*LEG_START, *spec.kind.end_steps(), *LEG_END]
     return [d for d in defs if d.when(spec, env.options)]
 
 
@@ -398,6 +399,15 @@ class LegRun:
         mig.vitals.check_traffic()
         step.detail = f"source running; guest rx counter {now} -> {got}"
 
+    def restart_destination(self, step: StepResult) -> None:
+        """Reconnect case: the destination's backend restarted right after the switch-over
+        (once its outage window closed); it must reconnect, the guest answer again."""
+        mig = self.mig
+        restart = BackendRestart(mig.backends, mig.vitals, mig.traffic, mig.receiver,
+                                 mig.env.options)  # fmt: skip
+        restart.past_switch_over(after_window(self.marks.get("resume", 0.0)))
+        restart.run(self.b.role, self.b.shell, step)
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _drop_destination(self) -> None:
@@ -455,8 +465,15 @@ class LegRun:
         return figs
 
 
+def _restarts_destination(spec: CaseSpec, _options: Any) -> bool:
+    return spec.restart is Restart.DESTINATION and spec.kind.moves_guest
+
+
 LEG_START: tuple[StepDef[LegRun], ...] = (
     StepDef("migration_active", LegRun.active, "step 10"),
     StepDef("guest_queues_during_migration", LegRun.queues, when=_queues),
     StepDef("receives_during_migration", LegRun.receives_during, "step 11"),
+)
+LEG_END: tuple[StepDef[LegRun], ...] = (
+    StepDef("restart_destination_backend", LegRun.restart_destination, when=_restarts_destination),
 )

@@ -13,6 +13,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from vhostlm.backends.base import needs
 from vhostlm.guests.base import Driver
 from vhostlm.plans.kinds import COMPLETE, MigrationKind
 
@@ -22,6 +23,13 @@ class Ring(StrEnum):
 
     SPLIT = "split"
     PACKED = "packed"  # `packed=on` on virtio-net-pci
+
+
+class Restart(StrEnum):
+    """Which backend a reconnect case restarts, and when (`plans.reconnect`)."""
+
+    SOURCE = "source"  # the host's, once the guest answers, before the migration starts
+    DESTINATION = "destination"  # the destination's, right after the switch-over
 
 
 DRIVER_STEPS = {Driver.PMD: "guest_testpmd", Driver.NET: "guest_link_up"}
@@ -54,8 +62,14 @@ class CaseSpec:
     round_trips: int = 0  # 0: one migration to the backup; N: N times there and back
     capabilities: Mapping[str, bool] = field(default_factory=frozen)
     parameters: Mapping[str, Any] = field(default_factory=frozen)
-    backend: str = "testpmd"
+    # the vhost-user backend by its registry name; None: the run's --backend. A case pins
+    # one only when its point is that backend's (then --backend does not move it).
+    backend: str | None = None
     guest: str = "initramfs"
+    # the vhost-user mode ("server" | "client"); None: the run's --vhost-mode. A case pins
+    # one when its point needs it (a reconnect: the backend connects to QEMU's socket)
+    vhost_mode: str | None = None
+    restart: Restart | None = None  # a backend restarted during the case (must reconnect)
     # vCPUs, as the seed's `-smp 2`: testpmd in the guest needs a main and a forwarding
     # lcore. (1 vCPU was the default while QEMU 7.2's TCG dirty tracking broke 2-vCPU guests.)
     smp: int = 2
@@ -83,6 +97,14 @@ class CaseSpec:
     def changes_queues(self) -> bool:
         """The guest changes its queue pairs while migrating (`ethtool -L`, as DTS does)."""
         return self.queues > 1 and self.driver is Driver.NET
+
+    @property
+    def backend_needs(self) -> frozenset[str]:
+        """What any backend of this case must be able to do, before the run's options
+        (`--vhost-mode client` adds CLIENT; a case pinned to client mode has it): for
+        `vhostlm list` and the flow's skip."""
+        return needs(flood=self.rx_flood, postcopy=self.kind.postcopy, queues=self.queues,
+                     client=self.vhost_mode == "client")  # fmt: skip
 
     def description(self) -> str:
         """First line of the docstring, for `vhostlm list`."""

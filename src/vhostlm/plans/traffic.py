@@ -25,6 +25,7 @@ from vhostlm.measure.outage import (
     switch_window,
 )
 from vhostlm.measure.payload import payload_figures
+from vhostlm.measure.reconnect import RestartMarks, quiet_spans, reconnect_figures
 from vhostlm.measure.tester import PROGRESS_RE, Tester
 from vhostlm.nodes.base import NodeProcess
 from vhostlm.nodes.clock import NodeClock, shift_probe_data
@@ -84,6 +85,7 @@ class Traffic:
         self.leg_dest: list[str] = []
         self.legs: list[dict[str, float]] = []
         self.ready_lines: dict[int, str] = {}  # leg -> the destination backend's ready line
+        self.restarts: list[RestartMarks] = []  # backends restarted on purpose (reconnect)
         self._data: dict[str, Any] | None = None
         self.payload: dict[str, Any] = {}  # the tester's payload checks, once finished
         stack.callback(self.stop)
@@ -180,8 +182,10 @@ class Traffic:
         if not data.get("sent"):
             self._breakdowns(legs, measure)
             measure["legs"] = legs
+            marks_only = [reconnect_figures(r, [], [], self.pps, {}) for r in self.restarts]
+            add_reconnects(measure, marks_only)
             return measure
-        part, per_leg = probe_figures(data, self.legs, self.pps)
+        part, per_leg = probe_figures(data, self.legs, self.pps, self.restarts)
         for leg, extra in zip(legs, per_leg, strict=False):
             leg.update(extra)
         measure.update(part)
@@ -210,14 +214,27 @@ def add_breakdowns(
         ).as_dict()  # fmt: skip
 
 
+def add_reconnects(measure: dict[str, Any], reconnects: list[dict[str, Any]]) -> None:
+    """`reconnect`: the case's (first) backend restart; `reconnects`: all, when several."""
+    if reconnects:
+        measure["reconnect"] = reconnects[0]
+    if len(reconnects) > 1:
+        measure["reconnects"] = reconnects
+
+
 def probe_figures(
-    data: dict[str, Any], legs_marks: list[dict[str, float]], pps: float
+    data: dict[str, Any],
+    legs_marks: list[dict[str, float]],
+    pps: float,
+    restarts: list[RestartMarks] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the `measure` figures, each leg's own) of a probe dump and the legs' marks.
 
     Each leg's window is [STOP - margin, RESUME + SETTLE_S] (`switch_window`, the margin
     from the noise of the replies before the first migrate); the top level has the worst
-    leg's outage, the noise floor, the tester's drops and receive lag, the timeline."""
+    leg's outage, the noise floor, the tester's drops and receive lag, the timeline.
+    `restarts`: backends restarted on purpose; their reply gaps are measured apart
+    (`reconnect`) and are neither noise nor unexplained loss."""
     send_ts = data["send_ts"]
     replies = [(int(s), float(t)) for s, t in data["replies"]]
     times = sorted(t for _, t in replies)
@@ -225,19 +242,25 @@ def probe_figures(
     drops = [tuple(d) for d in rx.get("drop_log", [])]
     total_drops = int(rx.get("drops", 0))
     baseline_end = legs_marks[0].get("migrate") if legs_marks else None
-    noise = noise_floor(times, baseline_end)
+    quiet = quiet_spans(restarts or [], times)
+    noise = noise_floor(times, baseline_end, quiet)
     windows, precopies, per_leg = [], [], []
     for marks in legs_marks:
         window, precopy = switch_window(marks, send_ts[0], send_ts[-1], pps, noise["p99"], SETTLE_S)
         windows.append(window)
         precopies.append(precopy)
         one = analyse(send_ts, replies, pps, [window], baseline_end=baseline_end,
-                      precopy=[precopy], drops=drops, tester_drops=total_drops)  # fmt: skip
+                      precopy=[precopy], drops=drops, tester_drops=total_drops,
+                      quiet=quiet)  # fmt: skip
         figures = {k: v for k, v in one.as_dict().items() if k in LEG_KEYS}
         per_leg.append({"window": list(window), **figures})
     whole = analyse(send_ts, replies, pps, windows, baseline_end=baseline_end,
-                    precopy=precopies, drops=drops, tester_drops=total_drops)  # fmt: skip
+                    precopy=precopies, drops=drops, tester_drops=total_drops,
+                    quiet=quiet)  # fmt: skip
     measure = whole.as_dict()
+    add_reconnects(measure, [
+        reconnect_figures(r, send_ts, replies, pps, noise, drops) for r in restarts or []
+    ])  # fmt: skip
     measure["timestamps"] = rx.get("clock", "user")
     lags = rx.get("read_lag_ms") or []
     measure["receive_lag_ms"] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vhostlm.plans.kinds import Cancel, Multifd, NoConverge, Postcopy
-from vhostlm.plans.seed import VIRTIO_NET
+from vhostlm.plans.seed import VIRTIO_NET, VIRTIO_PMD
 from vhostlm.plans.spec import CaseSpec, frozen
 
 MIB = 1024 * 1024
@@ -35,6 +35,21 @@ POSTCOPY = replace(
         `migrate-start-postcopy` while the guest receives.
     Verify:
         The migration reaches postcopy-active and completes; the guest receives after it.
+    """,
+)
+
+POSTCOPY_PMD = replace(
+    VIRTIO_PMD,
+    name="postcopy_virtio_pmd",
+    kind=Postcopy(),
+    doc="""Postcopy with testpmd in the guest (virtio-pmd): its rings and mbufs fault in late.
+
+    Steps:
+        As virtio_pmd; postcopy-ram on both ends, postcopy-support=1 on the vhost ports;
+        `migrate`, then `migrate-start-postcopy` while the guest's testpmd forwards.
+    Verify:
+        The migration reaches postcopy-active and completes; the guest's testpmd forwards
+        on the backup, where the vhost backend's own reads of guest memory fault pages in.
     """,
 )
 
@@ -83,15 +98,17 @@ NO_CONVERGE = replace(
     name="noconverge_virtio_net",
     kind=NoConverge(),
     dirty_mb_s=64,
-    # bursts of 64 MiB rewritten, then 1 s asleep: precopy rounds must outlast the sleep
-    # (12 MB/s: 5 s), and the first pass must end well within --converge-timeout for the
-    # migration to iterate, so the memory checker owns only 16 MiB here
-    parameters=frozen({"max-bandwidth": 12_000_000, "downtime-limit": 10}),
+    # bursts of 64 MiB rewritten (non-zero data) once a second: precopy rounds must outlast
+    # the second (24 MB/s: 3 s), and the first pass (the load's source and target, 128 MiB,
+    # besides the guest's own) must end well within --converge-timeout for the migration to
+    # iterate, so the memory checker owns only 16 MiB here. At 12 MB/s it never left the
+    # first pass (1 dirty-sync round in 20 s); at 24 MB/s: 3-4 rounds, 3.7 s expected downtime
+    parameters=frozen({"max-bandwidth": 24_000_000, "downtime-limit": 10}),
     memcheck_cap_mb=16,
     doc="""A migration that cannot converge: the guest dirties memory faster than the link.
 
     Steps:
-        In the guest rewrite 64 MiB of memory every second; cap the link at 12 MB/s;
+        In the guest rewrite 64 MiB of memory every second; cap the link at 24 MB/s;
         `migrate`.
     Verify:
         After --converge-timeout seconds it is still not done: reported as "did not
@@ -104,9 +121,11 @@ AUTO_CONVERGE = replace(
     name="autoconverge_virtio_net",
     dirty_mb_s=64,
     capabilities=frozen({"auto-converge": True}),
+    # noconverge's link: 47-52 s and 16-19 dirty-sync rounds to complete here (16 MB/s, once
+    # the load wrote non-zero data: 85 s of the 120 s --migration-timeout)
     parameters=frozen(
         {
-            "max-bandwidth": 16_000_000,
+            "max-bandwidth": 24_000_000,
             "downtime-limit": 50,
             "cpu-throttle-initial": 50,
             "cpu-throttle-increment": 25,
@@ -115,7 +134,7 @@ AUTO_CONVERGE = replace(
     doc="""The same non-converging load with auto-converge on: QEMU throttles the guest and wins.
 
     Steps:
-        64 MiB/s dirtied in the guest; link capped at 16 MB/s; auto-converge with
+        64 MiB/s dirtied in the guest; link capped at 24 MB/s; auto-converge with
         cpu-throttle-initial 50, increment 25; `migrate`.
     Verify:
         The migration completes; the guest receives on the backup.
@@ -144,6 +163,7 @@ DIRTY_RX = replace(
 VARIANT_CASES: list[CaseSpec] = [
     PINGPONG,
     POSTCOPY,
+    POSTCOPY_PMD,
     MULTIFD,
     PARAMETERS,
     CANCEL,

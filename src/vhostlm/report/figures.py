@@ -156,6 +156,12 @@ def _migration_rows(case: CaseResult, qemu: dict[str, Any]) -> list[FigureRow]:
             "dirty-sync rounds",
             pick("dirty_sync_count", m.dirty_sync_count),
         ),
+        FigureRow(
+            "migration",
+            "postcopy_requests",
+            "postcopy page requests",
+            pick("postcopy_requests", m.postcopy_requests),
+        ),
     ]
 
 

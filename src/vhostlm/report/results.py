@@ -138,6 +138,11 @@ class MigrationFigures(_Record):
     expected_downtime_ms: int = 0
     mbps: float = 0.0
     dirty_sync_count: int = 0
+    postcopy_requests: int = Field(
+        default=0,
+        description="pages the postcopy destination faulted on and asked the source for "
+        "(QEMU's ram.postcopy-requests); 0 outside postcopy",
+    )
 
     @classmethod
     def from_query_migrate(cls, reply: Mapping[str, Any]) -> MigrationFigures:
@@ -161,6 +166,7 @@ class MigrationFigures(_Record):
             expected_downtime_ms=_as_int(reply.get("expected-downtime")),
             mbps=_as_float(ram.get("mbps")),
             dirty_sync_count=_as_int(ram.get("dirty-sync-count")),
+            postcopy_requests=_as_int(ram.get("postcopy-requests")),
         )
 
 
