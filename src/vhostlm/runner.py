@@ -17,7 +17,7 @@ from types import FrameType
 
 from vhostlm import __version__
 from vhostlm.apps.qemu import qemu_version as parse_qemu
-from vhostlm.backends.registry import backend_class, check_programs
+from vhostlm.backends.registry import DEFAULT_BACKEND, backend_class, check_programs
 from vhostlm.beds import BedSetup, Budget, LabSetup, SshSetup, bed_setup, this_machine
 from vhostlm.errors import SetupError, UsageError
 from vhostlm.guests.disk import DiskSpec, image_format
@@ -140,9 +140,9 @@ def run_plan(
     """Run `cases` on a fresh embedded lab, or on the servers of a `testbed` file; the lab
     is gone (ports restored, run directories removed) when this returns or raises."""
     setup = bed_setup(testbed, options.qemu, options.guest_image)
-    if isinstance(setup, LabSetup):
-        check_backend(setup, options.backend)
-    setup.check(budget(options))
+    if isinstance(setup, LabSetup) and options.backend != DEFAULT_BACKEND:
+        check_backend(setup, options.backend)  # testpmd is the preflight's own check
+    setup.check(budget(options))  # root, QEMU and testpmd, hugepages
     login = guest_login(options, setup)
     if login is not None and options.guest_image is None:  # the testbed's guest.image
         options = dataclasses.replace(options, guest_image=Path(login[0]))  # sizes its memory

@@ -199,9 +199,34 @@ def test_out_on_a_tty_is_raw(memcheck: Path) -> None:
 # the host side: command and parser
 
 
+@pytest.mark.parametrize(
+    ("body", "mode", "status"),
+    [("", 0o644, "12[67]"), ("#!/bin/sh\nkill -SEGV $$\n", 0o755, "139")],
+    ids=["not-executable", "crashed"],
+)
+def test_a_checker_that_cannot_run_or_dies_says_so_on_its_port(
+    tmp_path: Path, body: str, mode: int, status: str
+) -> None:
+    """Run the command for real in sh, with a checker that cannot execute (126 or, for a
+    shell that skips a non-executable file on PATH, 127) or is killed by a signal: its
+    port gets an error line that summarise() reports, so the start fails at once."""
+    checker = tmp_path / "bin" / "vhostlm-memcheck"
+    checker.parent.mkdir()
+    checker.write_text(body)
+    checker.chmod(mode)
+    port = tmp_path / "ttyS1"
+    env = {**os.environ, "PATH": f"{checker.parent}:{os.environ['PATH']}"}
+    subprocess.run(["sh", "-c", memcheck_command(4, 0, out=str(port)) + " wait"], env=env,
+                   check=True, timeout=10)  # fmt: skip
+    line = port.read_text()
+    assert re.fullmatch(rf"vhostlm-memcheck: exited with status {status}\n", line)
+    (error,) = summarise(line).errors
+    assert re.fullmatch(rf"exited with status {status}", error)
+
+
 def test_memcheck_command() -> None:
-    assert memcheck_command(256, 8) == (
-        "vhostlm-memcheck --mb 256 --rate-mb-s 8 --out /dev/ttyS1 </dev/null >/dev/null &"
+    assert memcheck_command(256, 8).startswith(
+        "{ vhostlm-memcheck --mb 256 --rate-mb-s 8 --out /dev/ttyS1 </dev/null >/dev/null || "
     )
     assert "--out /dev/ttyS2 " in memcheck_command(1, 0, out="/dev/ttyS2")
     with pytest.raises(ValueError):

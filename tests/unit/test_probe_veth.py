@@ -71,8 +71,10 @@ def test_a_real_probe_stream_is_kernel_stamped_and_ignores_its_own_requests(
     assert rx["drops"] == 0 and rx["packets"] >= 400
     assert data["sent"] == 400
     seqs = [s for s, _ in data["replies"]]
-    # the first requests may go while the far side still resolves our MAC (ARP)
-    assert len(seqs) == len(set(seqs)) >= 390  # each reply once: no copy of a request
+    # the far side learnt our MAC from the ARP request before the stream: no request
+    # waited for its neighbour resolution, each was answered once (no copy of a request)
+    assert rx["arp_primed_ms"] is not None and rx["arp_primed_ms"] < 1000, rx
+    assert sorted(seqs) == list(range(400))
     assert data["payload"]["checked"] == len(seqs) and data["payload"]["corrupt"] == 0
     send = data["send_ts"]
     lags = rx["read_lag_ms"]
@@ -83,3 +85,44 @@ def test_a_real_probe_stream_is_kernel_stamped_and_ignores_its_own_requests(
         assert send[seq] - 0.005 < at < send[seq] + 0.5, (seq, at, send[seq])
         assert lag < 1000.0
     assert "receive socket packets" in proc.stdout and "drops 0 clock kernel" in proc.stdout
+    assert "the guest answered the tester's ARP request in " in proc.stdout
+
+
+def test_the_far_side_knows_the_tester_before_the_first_probe(veth: tuple[str, str]) -> None:
+    """The ARP request alone (no probe sent) leaves the far kernel a neighbour entry for
+    the tester: what keeps its first replies out of the unresolved queue."""
+    near, mac = veth
+    far = near.removesuffix("-near") + "-far"
+    assert NEAR_IP not in ip("-n", far, "neigh", "show", "dev", "pv1")
+    code = (
+        "import sys; from vhostlm.measure import probe; "
+        "run = probe.ProbeRun('pv0', bytes(256), 1000.0); "
+        f"src = open('/sys/class/net/pv0/address').read().strip(); "
+        f"req = probe.build_arp_request('{mac}', src, '{NEAR_IP}', '{FAR_IP}'); "
+        f"t = run.prime(req, '{FAR_IP}'); print('primed', t); sys.exit(t is None)"
+    )
+    proc = subprocess.run(["ip", "netns", "exec", near, sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    entry = ip("-n", far, "neigh", "show", "dev", "pv1")
+    assert NEAR_IP in entry and "lladdr" in entry, entry
+
+
+def test_a_guest_that_answers_no_arp_is_probed_anyway(
+    veth: tuple[str, str], tmp_path: Path
+) -> None:
+    """arp_ignore=8 on the far side: no answer within PRIME_S, the stream goes on."""
+    near, mac = veth
+    far = near.removesuffix("-near") + "-far"
+    ip("netns", "exec", far, "sysctl", "-q", "-w", "net.ipv4.conf.pv1.arp_ignore=8")
+    out = tmp_path / "probe.json"
+    proc = subprocess.run(
+        ["ip", "netns", "exec", near, sys.executable, probe.__file__, "--iface", "pv0",
+         "--dst-mac", mac, "--src-ip", NEAR_IP, "--dst-ip", FAR_IP, "--pps", "1000",
+         "--count", "100", "--out", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"no ARP answer from {FAR_IP} in {probe.PRIME_S:g} s: probing anyway" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["rx"]["arp_primed_ms"] is None and data["sent"] == 100

@@ -89,14 +89,17 @@ MemcheckLine = MemcheckReady | MemcheckScan | MemcheckBad | MemcheckError
 
 def memcheck_command(mb: int, rate_mb_s: int, out: str = DEFAULT_OUT) -> str:
     """The guest shell command that starts the checker in the background on `mb` MiB,
-    rewriting `rate_mb_s` MiB/s, its lines on `out` (stdin and stdout off the console)."""
+    rewriting `rate_mb_s` MiB/s, its lines on `out` (stdin and stdout off the console).
+    A checker that cannot start (not executable: a noexec mount) or dies says so on `out`
+    as an error line, so the run fails at once with the shell's status, not at a timeout."""
     if mb < 1:
         raise ValueError(f"memory checker region must be at least 1 MiB, not {mb}")
     if rate_mb_s < 0:
         raise ValueError(f"memory checker rate must be 0 or more MiB/s, not {rate_mb_s}")
+    tty = shlex.quote(out)
     return (
-        f"{MEMCHECK_BIN} --mb {mb} --rate-mb-s {rate_mb_s} --out {shlex.quote(out)} "
-        "</dev/null >/dev/null &"
+        f"{{ {MEMCHECK_BIN} --mb {mb} --rate-mb-s {rate_mb_s} --out {tty} </dev/null "
+        f'>/dev/null || echo "{MEMCHECK_BIN}: exited with status $?" >{tty}; }} &'
     )
 
 

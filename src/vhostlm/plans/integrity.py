@@ -18,7 +18,7 @@ from vhostlm.apps.console import GuestShell
 from vhostlm.apps.qemu import QemuVm
 from vhostlm.backends.base import VhostBackend
 from vhostlm.errors import SetupError
-from vhostlm.guests.memcheck import MemcheckSummary, memcheck_command, summarise
+from vhostlm.guests.memcheck import MEMCHECK_BIN, MemcheckSummary, memcheck_command, summarise
 from vhostlm.integrity.anomalies import (
     Anomaly,
     anomaly_failure,
@@ -56,11 +56,14 @@ class IntegrityWatch:
         mark = vm.checker.output.mark()
         cmd = memcheck_command(self.memcheck_mb, self.rate_mb_s, MEMCHECK_TTY)
         shell.run(cmd)
+        # its errors (and the shell's word that it could not start or died) are
+        # "vhostlm-memcheck: ..." lines on the same port
         found = vm.checker.output.expect(
-            r"VHLMC (ready .*|error .*)\n", READY_TIMEOUT_S, alive=vm.process.alive, since=mark
-        )
-        if found.group(1).startswith("error"):
-            raise SetupError(f"the guest's memory checker: {found.group(1)}")
+            rf"(?:VHLMC (ready .*)|{MEMCHECK_BIN}: (.*))\n", READY_TIMEOUT_S,
+            alive=vm.process.alive, since=mark,
+        )  # fmt: skip
+        if found.group(2) is not None:
+            raise SetupError(f"the guest's memory checker: {found.group(2).strip()}")
         self.started_at = time.time()
         return f"{cmd.rstrip(' &')}: {found.group(1).strip()}"
 
