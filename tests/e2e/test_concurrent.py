@@ -21,6 +21,12 @@ from vhostlm.testbed.hugepages import baseline as hugepages_baseline
 CASES = ("virtio_net", "virtio_pmd")
 ROUNDS = 2  # the lead decides how many CI can afford
 TIMEOUT_S = 900  # two runs share the machine's CPUs (TCG): slower than one alone
+# Each run probes at 500/s, not 1000/s. Two runs on 2 cores (four TCG vCPUs, four
+# busy-polling testpmds) left a guest answering 0.2-0.3 s behind its probes (CI, stop 21):
+# at 1000/s that is more requests in flight than its 256-descriptor receive ring holds, and
+# the overflow was loss outside the switch-over window. The point here is two runs with
+# their own figures, not the rate (a run alone is clean to 2000/s: bench/measure_bench.py).
+PPS = "500"
 
 
 def window(data: dict[str, Any]) -> tuple[datetime, datetime]:
@@ -55,7 +61,7 @@ def test_two_runs_at_once_both_pass_and_give_the_pool_back(
     """Each round: both runs pass with their own figures, they really overlapped, both held
     their pages in the ledger at once, and afterwards the pool is the baseline again."""
     for round_no in range(ROUNDS):
-        runs = {name: LiveRun(tmp_path / f"round{round_no}-{name}", "--case", name)
+        runs = {name: LiveRun(tmp_path / f"round{round_no}-{name}", "--case", name, "--pps", PPS)
                 for name in CASES}  # fmt: skip
         live.extend(runs.values())
         # Both past their lab set-up (the pages reserved) while the other still runs.
