@@ -29,6 +29,16 @@ def ip(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
 
 
+def run_probe(near: str, mac: str, count: int, out: Path) -> subprocess.CompletedProcess[str]:
+    """probe.py in the near namespace, `count` probes at 1000/s to the far side."""
+    return subprocess.run(
+        ["ip", "netns", "exec", near, sys.executable, probe.__file__, "--iface", "pv0",
+         "--dst-mac", mac, "--src-ip", NEAR_IP, "--dst-ip", FAR_IP, "--pps", "1000",
+         "--count", str(count), "--out", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
 @pytest.fixture
 def veth() -> Iterator[tuple[str, str]]:
     """(near namespace, far MAC): a veth pair between two fresh namespaces, removed after."""
@@ -57,12 +67,7 @@ def test_a_real_probe_stream_is_kernel_stamped_and_ignores_its_own_requests(
 ) -> None:
     near, mac = veth
     out = tmp_path / "probe.json"
-    proc = subprocess.run(
-        ["ip", "netns", "exec", near, sys.executable, probe.__file__, "--iface", "pv0",
-         "--dst-mac", mac, "--src-ip", NEAR_IP, "--dst-ip", FAR_IP, "--pps", "1000",
-         "--count", "400", "--out", str(out)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = run_probe(near, mac, 400, out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     rx = data["rx"]
@@ -116,12 +121,7 @@ def test_a_guest_that_answers_no_arp_is_probed_anyway(
     far = near.removesuffix("-near") + "-far"
     ip("netns", "exec", far, "sysctl", "-q", "-w", "net.ipv4.conf.pv1.arp_ignore=8")
     out = tmp_path / "probe.json"
-    proc = subprocess.run(
-        ["ip", "netns", "exec", near, sys.executable, probe.__file__, "--iface", "pv0",
-         "--dst-mac", mac, "--src-ip", NEAR_IP, "--dst-ip", FAR_IP, "--pps", "1000",
-         "--count", "100", "--out", str(out)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = run_probe(near, mac, 100, out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"no ARP answer from {FAR_IP} in {probe.PRIME_S:g} s: probing anyway" in proc.stdout
     data = json.loads(out.read_text())
