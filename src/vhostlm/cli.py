@@ -124,11 +124,13 @@ def cmd_list() -> int:
     docstring."""
     from vhostlm.backends.registry import runs_on as backends_of
 
+    width = max(len(case.name) for case in PLANS["all"])  # the columns stay aligned
+    plans = max(len(plan) for plan in PLANS) + 2
     for case in PLANS["all"]:
         backends = [b for b in backends_of(case.backend_needs)
                     if case.backend in (None, b.split(":")[0])]  # fmt: skip
         plan, runs_on = f"[{plan_of(case)}]", "{" + ",".join(backends) + "}"
-        print(f"{case.name:<30} {plan:<10} {runs_on:<18} {case.description()}")
+        print(f"{case.name:<{width}} {plan:<{plans}} {runs_on:<18} {case.description()}")
     return 0
 
 

@@ -12,14 +12,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import leftovers, load
+from tests.e2e.conftest import FULL, leftovers, load
 from tests.e2e.live import LiveRun
 from vhostlm.report.results import validate_results
 from vhostlm.testbed import hugepages
 from vhostlm.testbed.hugepages import baseline as hugepages_baseline
 
 CASES = ("virtio_net", "virtio_pmd")
-ROUNDS = 2  # the lead decides how many CI can afford
+# The five in a row under `make test-full`; `make test` samples one round (CI time:
+# a round is about 60 s on this machine).
+ROUNDS = 5 if FULL else 1
 TIMEOUT_S = 900  # two runs share the machine's CPUs (TCG): slower than one alone
 # Each run probes at 200/s, not 1000/s. Two runs on 2 cores (four TCG vCPUs, four
 # busy-polling testpmds, two memory checkers) left a guest answering up to 0.9 s behind its
@@ -49,7 +51,9 @@ def check_own_figures(data: dict[str, Any], case_name: str) -> dict[str, Any]:
     assert case["migration"]["status"] == "completed"
     assert case["migration"]["total_time_ms"] > 0 and case["migration"]["downtime_ms"] >= 0
     m = case["measure"]
-    assert m["sent"] > 1000 and m["replies"] > 0
+    # at least 3 s of probes (the stream runs from before the migration to after it; at
+    # 200/s a one-case run sends about 1000, so `> 1000` was a coin toss: 995 in CI)
+    assert m["sent"] >= 3 * int(PPS) and m["replies"] > 0, m
     assert m["replies"] + m["lost"] == m["sent"]
     assert m["lost_outside_window"] == 0, m
     assert m["outage_ms"] is not None and m["outage_ms"] > 0, m

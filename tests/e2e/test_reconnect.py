@@ -1,11 +1,14 @@
 """The reconnect plan end to end on the embedded lab: a backend restarted mid-case reconnects.
 
 Real programs: the backend (testpmd, or ovs-vswitchd of a private OVS-DPDK) is stopped and
-started again while QEMU, the vhost-user server (`server=on`, the cases pin client mode),
-keeps listening; the guest must answer again and the recovery is measured with the probes.
-Across the two tests both cases and both backends run: the destination's testpmd restarted
-right after the switch-over, and the source's ovs-vswitchd restarted before the migration
-(its ovsdb-server and database kept). After each nothing of the run is left.
+started again while QEMU, the vhost-user server (`server=on`, the client-mode cases),
+keeps listening, or, in server mode, while QEMU, the client, retries every `reconnect-ms`
+until the new backend's socket answers; the guest must answer again and the recovery is
+measured with the probes, the same way in both modes. Across the tests both client-mode
+cases and both backends run: the destination's testpmd restarted right after the
+switch-over, and the source's ovs-vswitchd restarted before the migration (its ovsdb-server
+and database kept); and in server mode the destination's testpmd (the other server-mode
+combinations run by hand: CI time). After each nothing of the run is left.
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ from vhostlm.testbed.hugepages import baseline as hugepages_baseline
 READY = "virtio is now ready for processing"
 
 
-def check_reconnect(case: dict[str, Any], out: Path, step: str, role: str, log: str) -> None:
-    """The case passed in client mode with its restart step, and the restart was measured:
-    a new process (its own log, with the ready line), a recovery > 0 from the last reply
-    before the restart to the first after it, its segments adding up to it."""
+def check_reconnect(
+    case: dict[str, Any], out: Path, step: str, role: str, log: str, mode: str = "client"
+) -> None:
+    """The case passed in its vhost-user `mode` with its restart step, and the restart was
+    measured: a new process (its own log, with the ready line), a recovery > 0 from the
+    last reply before the restart to the first after it, its segments adding up to it."""
     assert case["verdict"] == "pass", case["reason"]
     steps = {s["name"]: s for s in case["steps"]}
     for name in (step, "migration_completed", "receives_after_migration", "reconnect_recovered",
                  "guest_intact", "outage_sound"):  # fmt: skip
         assert steps[name]["verdict"] == "pass", (name, steps[name])
-    assert case["options"]["vhost_mode"] == "client"  # pinned by the case, not passed
+    assert case["options"]["vhost_mode"] == mode  # pinned by the case, not passed
     assert case["migration"]["status"] == "completed"
     m = case["measure"]
     r = m["reconnect"]
@@ -72,6 +77,32 @@ def test_the_destination_testpmd_restarted_after_the_switch_over_reconnects(
     assert case["measure"]["reconnect"]["events"]["restart"] > case["measure"]["window"][1]
     commands = (out / "commands.sh").read_text()
     assert "client=1" in commands and "server=on,wait=off" in commands
+    assert leftovers(data["run_id"]) == []
+    assert [p for p in processes_mentioning("dpdk-testpmd") if data["run_id"] in p] == []
+    assert hugepages_baseline() == hugepages_before
+
+
+def test_qemu_reconnects_to_the_destination_server_mode_testpmd_restarted(
+    tmp_path: Path, hugepages_before: int
+) -> None:
+    """Server mode: testpmd listens, QEMU connects with `reconnect-ms`; after the restart
+    the backup's QEMU connects to the new testpmd's socket by itself."""
+    out = tmp_path / "run"
+    name = "reconnect_dest_server_virtio_net"
+    proc = vhostlm("run", "--case", name, "--output", str(out))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    data = load(out / "results.json")
+    assert validate_results(data) == []
+    (case,) = data["cases"]
+    check_reconnect(case, out, "restart_destination_backend", "backup",
+                    f"{name}-testpmd-backup", mode="server")  # fmt: skip
+    assert case["options"]["qemu_reconnect_ms"] == 100
+    commands = (out / "commands.sh").read_text()
+    # the backends listen (no client=1); each QEMU's vhost-user chardev retries
+    assert "client=1" not in commands
+    assert f"{name}-backup-vhost.sock,reconnect-ms=100" in commands
+    assert f"{name}-host-vhost.sock,reconnect-ms=100" in commands
+    assert case["measure"]["reconnect"]["events"]["restart"] > case["measure"]["window"][1]
     assert leftovers(data["run_id"]) == []
     assert [p for p in processes_mentioning("dpdk-testpmd") if data["run_id"] in p] == []
     assert hugepages_baseline() == hugepages_before

@@ -152,6 +152,12 @@ BENIGN_EXAMPLES = {
     ),
     "qemu_info": ("qemu", NORMAL_QEMU[0], True),
     "qemu_terminating": ("qemu", NORMAL_QEMU[1], True),
+    "qemu_reconnect_info": (
+        "qemu",
+        "qemu-system-x86_64: Unable to connect character device char0: Failed to connect to "
+        "'/run/vhostlm/3f2a/sock/c-backup-vhost.sock': No such file or directory",
+        True,
+    ),
     "guest_eal_warning": ("guest", NORMAL_GUEST[1], False),
 }
 KIND = {"vhost": "backend", "backend": "backend", "qemu": "qemu", "guest": "guest"}

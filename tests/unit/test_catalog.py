@@ -10,7 +10,7 @@ from vhostlm.plans.catalog import PLANS, all_cases, matches, select_cases
 
 def test_every_case_has_a_unique_name_and_steps_verify_docstring() -> None:
     names = [c.name for c in PLANS["all"]]
-    assert len(names) == len(set(names)) == 21  # 19, and the reconnect plan's 2
+    assert len(names) == len(set(names)) == 23  # 19, and the reconnect plan's 4
     for case in PLANS["all"]:
         doc = case.doc
         assert "Steps:" in doc and "Verify:" in doc, case.name

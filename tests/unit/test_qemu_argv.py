@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vhostlm.apps.qemu import VmSpec, msix_vectors, qemu_argv, qemu_version
+import pytest
+
+from vhostlm.apps.qemu import VmSpec, msix_vectors, qemu_argv, qemu_version, reconnect_option
 
 
 def spec(**kw: object) -> VmSpec:
@@ -33,6 +35,7 @@ def test_source_has_seed_devices_and_no_tcp_listener() -> None:
     assert netdev.startswith("type=vhost-user,id=netdev0,chardev=char0,vhostforce=on")
     device = opt(argv, "-device")[0]
     assert "mac=52:54:00:00:00:01" in device and "vectors=0" in device
+    assert device.split(",").count("rx_queue_size=1024") == 1  # not QEMU's default 256
     assert "mq=on" not in device and "packed=on" not in device
     assert opt(argv, "-qmp") == ["unix:/run/v/qmp.sock,server=on,wait=off"]
     assert "-incoming" not in argv
@@ -108,3 +111,34 @@ def test_memcheck_port_hold_and_vhost_server_only_when_asked() -> None:
     # the memory checker's port is the guest's second serial port, after the console
     assert opt(argv, "-serial") == ["chardev:ser0", "chardev:ser1"]
     assert "socket,id=ser1,path=/run/v/mc.sock,server=on,wait=off" in opt(argv, "-chardev")
+
+
+def test_qemu_as_the_vhost_user_client_reconnects_only_when_asked() -> None:
+    """A server-mode backend restarted on purpose: QEMU, its client, connects again every
+    reconnect_ms; the option's name by the QEMU in use (reconnect-ms since 9.2)."""
+    plain = opt(qemu_argv(spec()), "-chardev")[0]
+    assert plain == "socket,id=char0,path=/run/v/vhost.sock"  # no retry: a backend gone stays gone
+    argv = qemu_argv(spec(reconnect_ms=100, qemu_version=(10, 0)))
+    assert opt(argv, "-chardev")[0] == "socket,id=char0,path=/run/v/vhost.sock,reconnect-ms=100"
+    old = opt(qemu_argv(spec(reconnect_ms=100, qemu_version=(9, 1))), "-chardev")[0]
+    assert old == "socket,id=char0,path=/run/v/vhost.sock,reconnect=1"
+    # the console, the checker and QMP listen as before: only the vhost-user socket retries
+    assert not any("reconnect" in c for c in opt(argv, "-chardev")[1:])
+    assert not any("reconnect" in a for a in opt(argv, "-qmp"))
+
+
+def test_reconnect_option_by_qemu_version() -> None:
+    assert reconnect_option(100, (9, 2)) == "reconnect-ms=100"
+    assert reconnect_option(250, (10, 2)) == "reconnect-ms=250"  # 10.2 has only this one
+    assert reconnect_option(100, None) == "reconnect-ms=100"  # not known: the current name
+    assert reconnect_option(100, (9, 1)) == "reconnect=1"  # whole seconds, rounded up
+    assert reconnect_option(1000, (8, 2)) == "reconnect=1"
+    assert reconnect_option(1001, (7, 2)) == "reconnect=2"
+    with pytest.raises(ValueError, match="positive"):
+        reconnect_option(0, (10, 0))
+
+
+def test_a_listening_vhost_socket_takes_no_reconnect() -> None:
+    """server=on: the backend reconnects; QEMU 10.2 refuses reconnect-ms on a listener."""
+    with pytest.raises(ValueError, match="reconnect_ms is for QEMU as the vhost-user client"):
+        spec(vhost_server=True, reconnect_ms=100)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -99,7 +100,7 @@ class MeasuringTraffic(FakeTraffic):
 def _env(tmp_path: Path, **opts: Any) -> LabEnv:
     rundir = SimpleNamespace(run_id="abc123", sockets=tmp_path, runtime=tmp_path)
     return LabEnv(rundir, FakeBed(tmp_path), None, "tcg", RunOptions(**opts),  # type: ignore[arg-type]
-                  Progress(io.StringIO(), tty=False))  # fmt: skip
+                  Progress(io.StringIO(), tty=False), qemu_version=(10, 0))  # fmt: skip
 
 
 def run(
@@ -131,15 +132,25 @@ def run(
 # -- the cases -------------------------------------------------------------------------------
 
 
-def test_the_reconnect_plan_has_both_cases_pinned_to_client_mode() -> None:
+CLIENT_CASES = ["reconnect_dest_virtio_net", "reconnect_source_virtio_net"]
+SERVER_CASES = ["reconnect_dest_server_virtio_net", "reconnect_source_server_virtio_net"]
+
+
+def test_the_reconnect_plan_has_each_restart_in_client_and_in_server_mode() -> None:
     cases = {c.name: c for c in PLANS["reconnect"]}
-    assert set(cases) == {"reconnect_dest_virtio_net", "reconnect_source_virtio_net"}
-    assert cases["reconnect_dest_virtio_net"].restart is Restart.DESTINATION
-    assert cases["reconnect_source_virtio_net"].restart is Restart.SOURCE
-    for case in cases.values():
-        assert case.vhost_mode == "client" and CLIENT in case.backend_needs
-        assert supported_by(case.backend_needs) == ["testpmd", "ovs-dpdk"]
-        assert case in PLANS["all"]
+    assert list(cases) == [*CLIENT_CASES, *SERVER_CASES]
+    for mode, names_ in (("client", CLIENT_CASES), ("server", SERVER_CASES)):
+        dest, source = (cases[n] for n in names_)
+        assert dest.restart is Restart.DESTINATION and source.restart is Restart.SOURCE
+        for case in (dest, source):
+            assert case.vhost_mode == mode
+            assert (CLIENT in case.backend_needs) is (mode == "client")
+            assert supported_by(case.backend_needs) == ["testpmd", "ovs-dpdk"]
+            assert case in PLANS["all"]
+    # a server-mode case is its client-mode twin with the mode alone changed
+    for client, server in zip(CLIENT_CASES, SERVER_CASES, strict=True):
+        twin = replace(cases[server], name=client, vhost_mode="client", doc=cases[client].doc)
+        assert twin == cases[client]
     assert all_cases()["virtio_net"].vhost_mode is None  # the others follow --vhost-mode
 
 
@@ -162,8 +173,10 @@ def test_a_reconnect_case_restarts_its_backend_in_client_mode_and_passes(
     assert names(result) == CaseFlow(all_cases()[case], _env(tmp_path)).planned_steps()
     assert [s.verdict for s in result.steps] == ["pass"] * len(steps), result.reason
     assert result.options["vhost_mode"] == "client"
+    assert result.options["qemu_reconnect_ms"] == 0
     assert all(spec.vhost_server for spec in vms)  # QEMU listens (server=on) ...
     assert all(config.client for config in configs)  # ... and every backend connects
+    assert all(spec.reconnect_ms == 0 for spec in vms)  # the backend reconnects, not QEMU
     role = "backup" if "dest" in case else "host"
     other = "host" if role == "backup" else "backup"
     name = f"{case}-testpmd-{role}"
@@ -215,6 +228,84 @@ def test_a_restart_is_not_a_dead_process_for_the_vitals(tmp_path: Path) -> None:
     result, _, _, _ = run(tmp_path, "reconnect_source_virtio_net")
     assert "killed" not in result.reason and "exited" not in result.reason
     assert result.verdict == "pass"
+
+
+# -- server mode: QEMU reconnects to the restarted backend ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "restart_step"),
+    [("reconnect_dest_server_virtio_net", "restart_destination_backend"),
+     ("reconnect_source_server_virtio_net", "restart_source_backend")],
+)  # fmt: skip
+def test_a_server_mode_reconnect_case_gives_every_qemu_reconnect_ms_and_passes(
+    tmp_path: Path, case: str, restart_step: str
+) -> None:
+    """Same steps as the client-mode twin; the backends listen, and each QEMU, their
+    client, has the reconnect delay (whichever side restarts); figures the same."""
+    twin = case.replace("_server", "")
+    result, world, vms, configs = run(tmp_path, case, vhost_mode="client")  # pinned: server
+    assert result.verdict == "pass", result.reason
+    assert names(result) == names(run(tmp_path / "twin", twin)[0])
+    assert names(result) == CaseFlow(all_cases()[case], _env(tmp_path)).planned_steps()
+    assert result.options["vhost_mode"] == "server"
+    assert result.options["qemu_reconnect_ms"] == restart.QEMU_RECONNECT_MS == 100
+    assert len(vms) == 2 and not any(spec.vhost_server for spec in vms)  # QEMU connects
+    assert all(spec.reconnect_ms == restart.QEMU_RECONNECT_MS for spec in vms)
+    assert all(spec.qemu_version == (10, 0) for spec in vms)  # the env's, for the option
+    assert not any(config.client for config in configs)  # every backend listens
+    role = "backup" if "dest" in case else "host"
+    assert f"respawn {case}-testpmd-{role}-restart1" in world.log
+    step = next(s for s in result.steps if s.name == restart_step)
+    assert step.detail.startswith(f"the {role} testpmd restarted (pid 4242 -> 5001)")
+    assert result.steps[-1].figures["recovery_ms"] == 250.0  # measured as in client mode
+
+
+def test_other_cases_give_qemu_no_reconnect_in_either_mode(tmp_path: Path) -> None:
+    """Without a restart on purpose a backend gone is a fault: QEMU must not wait for it."""
+    for mode in ("server", "client"):
+        result, _, vms, _ = run(tmp_path / mode, "virtio_net", vhost_mode=mode)
+        assert result.verdict == "pass", result.reason
+        assert result.options["qemu_reconnect_ms"] == 0
+        assert all(spec.reconnect_ms == 0 for spec in vms)
+
+
+def test_a_reconnect_qemu_never_makes_fails_with_the_backends_last_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restart, "RECONNECT_TIMEOUT_S", 0.1)
+    result, world, _, _ = run(tmp_path, "reconnect_dest_server_virtio_net", reconnects=False)
+    steps = {s.name: s for s in result.steps}
+    assert steps["restart_destination_backend"].verdict == "fail"
+    assert result.reason.startswith(
+        "restart_destination_backend: QEMU did not reconnect to the backup testpmd after its "
+        'restart (pid 4242 -> 5001): no "virtio is now ready for processing" within 0.1 s; '
+        "its last lines: EAL: probing | Port 0 up"
+    ), result.reason
+    assert steps["reconnect_recovered"].verdict == "skip"
+    assert "stop reconnect_dest_server_virtio_net-testpmd-backup" in world.log
+
+
+def test_a_server_mode_ovs_restart_keeps_its_dpdkvhostuser_port() -> None:
+    """OVS in server mode: the kept database holds the `dpdkvhostuser` port, whose socket
+    the new ovs-vswitchd makes again; nothing of the bridge is re-created."""
+    node = RecordingNode(vhost_port="c-host-vhost.sock")
+    rundir = SimpleNamespace(log_path=lambda name: Path("/dev/null"))
+    sock = "/run/vhostlm/x/sock/c-host-vhost.sock"
+    config = BackendConfig(name="c-ovs-dpdk-host", node=node, rundir=rundir,  # type: ignore[arg-type]
+                           socket=sock, nic=Nic(interface="eth0"), hugedir="/h", binary="",
+                           file_prefix="vhostlm-x-c-host", client=False)  # fmt: skip
+    backend = OvsBackend(config)
+    backend.start()
+    backend.forward()
+    assert any("type=dpdkvhostuser" in " ".join(c) for c in node.commands)
+    assert backend.vhost_port == "c-host-vhost.sock"  # OVS_RUNDIR/<port>: the case's socket
+    node.commands.clear()
+    backend.restart()
+    flat = [" ".join(c) for c in node.commands]
+    assert node.stopped == ["c-ovs-dpdk-host"]
+    assert not any("add-br" in c or "add-port" in c for c in flat)
+    assert any("add-flow" in c and "actions=NORMAL" in c for c in flat)
 
 
 # -- the measurement -------------------------------------------------------------------------
@@ -322,7 +413,8 @@ class RecordingNode:
 
     name = label = "host"
 
-    def __init__(self) -> None:
+    def __init__(self, vhost_port: str = "vhost0") -> None:
+        self.vhost_port = vhost_port  # the guest's port, as `ovs-vsctl list Interface` has it
         self.commands: list[list[str]] = []
         self.started: list[str] = []
         self.stopped: list[str] = []
@@ -331,7 +423,7 @@ class RecordingNode:
         self.commands.append(list(argv))
         out = ""
         if "list" in argv and "Interface" in argv:
-            rows = [["phy0", 2, ["set", []]], ["vhost0", 1, ["set", []]]]
+            rows = [["phy0", 2, ["set", []]], [self.vhost_port, 1, ["set", []]]]
             out = json.dumps({"headings": ["name", "ofport", "error"], "data": rows})
         return SimpleNamespace(status=0, stdout=out, stderr="")
 

@@ -26,6 +26,11 @@ from vhostlm.wait import Deadline, wait_until
 # MSI-X on the vhost-user virtio-net-pci under TCG: QEMU 7.2 segfaults in
 # msix_set_vector_notifiers when the guest driver starts the device; 10.0 works.
 MSIX_TCG_QEMU = (10, 0)
+# A client socket chardev's reconnect delay: `reconnect-ms=<ms>` since QEMU 9.2
+# (qapi/char.json ChardevSocket "@reconnect-ms ... (Since: 9.2)"); before it only
+# `reconnect=<seconds>` (since 2.2), deprecated in 9.2 and removed in 10.2
+# (docs/about/removed-features.rst, "chardev: remove deprecated 'reconnect' option").
+RECONNECT_MS_QEMU = (9, 2)
 
 
 class QmpTimeout(SetupError):
@@ -130,6 +135,18 @@ def probe_qemu_version(what: str, binary: str) -> str:
     return first
 
 
+def reconnect_option(ms: int, version: tuple[int, int] | None) -> str:
+    """The chardev option that makes QEMU, a vhost-user client, connect again `ms` ms after
+    its server went away (and every `ms` ms until one attempt succeeds): `reconnect-ms=` on
+    QEMU 9.2 or later, or on a version not known (10.2 has only that one); `reconnect=` on
+    an older QEMU, in whole seconds rounded up, so never below 1 s there."""
+    if ms <= 0:
+        raise ValueError(f"reconnect delay must be positive, not {ms} ms")
+    if version is None or version >= RECONNECT_MS_QEMU:
+        return f"reconnect-ms={ms}"
+    return f"reconnect={-(-ms // 1000)}"
+
+
 def msix_vectors(queues: int, accel: str, version: tuple[int, int] | None) -> int:
     """MSI-X vectors for the NIC as DTS gives them (2 per queue pair + 2); 0 (INTx) where
     this QEMU crashes with MSI-X under TCG."""
@@ -157,6 +174,12 @@ class VmSpec:
     queues: int = 1
     vectors: int = 0  # MSI-X vectors of the NIC; 0: INTx
     packed: bool = False
+    # descriptors in each of the NIC's receive rings (QEMU's default 256, at most 1024): a
+    # TCG guest that stalls for 0.3 s (its host busy starting the next program) has 0.3 s
+    # of probes in flight at 1000/s, more than 256 hold; the overflow was loss long before
+    # the migration (CI, stop 21: 53 probes at 1.26 s into the stream over SSH). The
+    # guest's testpmd, without --rxd, posts 512 of them (testpmd's fallback ring size).
+    rx_queue_size: int = 1024
     incoming: str | None = None
     # `-incoming defer`: listen on `incoming` only at `migrate-incoming`, once the
     # capabilities that must precede it (multifd, since QEMU 8) are set
@@ -164,6 +187,15 @@ class VmSpec:
     # `-S`: the incoming guest stays paused after the migration until `cont` (--verify-ram)
     hold: bool = False
     vhost_server: bool = False  # QEMU listens on the vhost-user socket (--vhost-mode client)
+    # QEMU as the vhost-user client connects again this long after the backend's socket
+    # closed, and retries as often, until one attempt succeeds (0: never: a backend gone
+    # stays gone). Only with vhost_server off: a listening socket takes no reconnect (QEMU
+    # 10.2 refuses it there, older ones ignore it). With it QEMU also waits at its start,
+    # retrying, until the backend's socket answers, instead of failing at once.
+    reconnect_ms: int = 0
+    # this QEMU's (major, minor), for the options whose names changed (reconnect_option);
+    # None: not known, the current names
+    qemu_version: tuple[int, int] | None = None
     disk: Path | None = None  # a shared disk image (the seed's NFS one), attached read-only
     # the guest's own disk (an overlay of the user's image), booted through its bootloader;
     # source and destination open the same file, the destination inactive until switch-over
@@ -177,6 +209,24 @@ class VmSpec:
     append: str = "console=ttyS0 init_on_alloc=0 panic=-1 quiet"
     binary: str = QEMU_BINARY
 
+    def __post_init__(self) -> None:
+        if self.reconnect_ms and self.vhost_server:
+            raise ValueError(
+                f"{self.name}: reconnect_ms is for QEMU as the vhost-user client; with "
+                "vhost_server QEMU listens and the backend reconnects"
+            )
+
+    def vhost_chardev(self) -> str:
+        """The vhost-user socket's -chardev: QEMU listening (`server=on`, the backend
+        connects), else connecting to the backend's socket, with `reconnect_ms` when it
+        must connect again by itself after the backend went away."""
+        chardev = f"socket,id=char0,path={self.vhost_socket}"
+        if self.vhost_server:
+            return chardev + ",server=on,wait=off"
+        if self.reconnect_ms:
+            return chardev + "," + reconnect_option(self.reconnect_ms, self.qemu_version)
+        return chardev
+
 
 def qemu_argv(spec: VmSpec) -> list[str]:
     """A QEMU command line mirroring the seed's, with unix sockets instead of telnet ports."""
@@ -187,7 +237,10 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     else:
         backend = f"memory-backend-memfd,id=mem,size={spec.mem_mb}M,share=on"
     netdev = f"type=vhost-user,id=netdev0,chardev=char0,vhostforce=on,queues={spec.queues}"
-    device = f"virtio-net-pci,netdev=netdev0,mac={spec.mac},vectors={spec.vectors}"
+    device = (
+        f"virtio-net-pci,netdev=netdev0,mac={spec.mac},vectors={spec.vectors}"
+        f",rx_queue_size={spec.rx_queue_size}"
+    )
     if spec.queues > 1:
         device += ",mq=on"
     if spec.packed:
@@ -204,8 +257,7 @@ def qemu_argv(spec: VmSpec) -> list[str]:
         "-numa", "node,memdev=mem",
         *(["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.append]
           if spec.kernel is not None and spec.initrd is not None else []),
-        "-chardev", f"socket,id=char0,path={spec.vhost_socket}"
-        + (",server=on,wait=off" if spec.vhost_server else ""),
+        "-chardev", spec.vhost_chardev(),
         "-netdev", netdev,
         "-device", device,
         "-chardev", f"socket,id=ser0,path={spec.console_socket},server=on,wait=off",

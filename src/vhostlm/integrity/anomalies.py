@@ -410,6 +410,14 @@ BENIGN: tuple[Benign, ...] = (
         "connection on: ...' at every start of a server=on socket",
     ),
     _b(
+        "qemu_reconnect_info",
+        QEMU,
+        r"Unable to connect character device \S+: Failed to connect to .*(?:No such file|"
+        r"Connection refused)",
+        "a client socket with reconnect-ms retrying until its server's socket exists (a "
+        "server-mode backend restarting); without reconnect-ms QEMU fails to start instead",
+    ),
+    _b(
         "qemu_terminating",
         QEMU,
         r"terminating on signal \d+",

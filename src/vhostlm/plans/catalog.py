@@ -16,7 +16,7 @@ PLANS: dict[str, list[CaseSpec]] = {
     "dts": DTS_CASES,
     "variants": VARIANT_CASES,
     "detect": DETECT_CASES,  # loads that expose lost guest state (bench/detect_bench.py)
-    "reconnect": RECONNECT_CASES,  # a backend restarted mid-case must reconnect (client mode)
+    "reconnect": RECONNECT_CASES,  # a backend restarted mid-case must reconnect (both modes)
     "all": [*SEED_CASES, *DTS_CASES, *VARIANT_CASES, *DETECT_CASES, *RECONNECT_CASES],
 }
 

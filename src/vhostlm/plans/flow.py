@@ -32,7 +32,7 @@ from vhostlm.plans.env import LabEnv
 from vhostlm.plans.faults import NO_TRAFFIC, Vitals
 from vhostlm.plans.integrity import IntegrityWatch
 from vhostlm.plans.leg import Migration, Side, leg_step_names
-from vhostlm.plans.restart import BackendRestart, recovered
+from vhostlm.plans.restart import QEMU_RECONNECT_MS, BackendRestart, recovered
 from vhostlm.plans.spec import CaseSpec, Restart
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
 from vhostlm.plans.traffic import Traffic, check_limits, check_measurement
@@ -129,6 +129,7 @@ class CaseFlow:
             "guest_memory": opts.guest_memory,
             "backend": self.backend_name(),
             "vhost_mode": self.vhost_mode(),
+            "qemu_reconnect_ms": self.qemu_reconnect_ms(),
             "probe_size": opts.probe_size if opts.probes else 0,
             "memcheck_mb": self.integrity.memcheck_mb,
             "qemu": self.env.bed.tools("host").qemu,
@@ -272,6 +273,16 @@ class CaseFlow:
         """The vhost-user mode of this case: the one its spec pins, else --vhost-mode."""
         return self.spec.vhost_mode or self.env.options.vhost_mode
 
+    def qemu_reconnect_ms(self) -> int:
+        """QEMU's vhost-user reconnect delay (`VmSpec.reconnect_ms`): in a case that restarts
+        a server-mode backend QEMU is the client and must connect to the new process by
+        itself, so every QEMU of the case has it (whichever side restarts, the migration's
+        round trips included); 0 elsewhere, where a backend gone is a fault to report and a
+        QEMU with no backend to connect to at its start fails at once instead of waiting."""
+        if self.spec.restart is not None and self.vhost_mode() == "server":
+            return QEMU_RECONNECT_MS
+        return 0
+
     def _mode_needs(self) -> frozenset[str]:
         """What the vhost-user mode asks of the backend (client mode: it connects to QEMU)."""
         return frozenset({CLIENT}) if self.vhost_mode() == "client" else frozenset()
@@ -304,6 +315,8 @@ class CaseFlow:
             defer_incoming=incoming and spec.kind.defer_incoming,
             hold=incoming and env.options.verify_ram and not spec.kind.postcopy,
             vhost_server=self.vhost_mode() == "client",
+            reconnect_ms=self.qemu_reconnect_ms(),
+            qemu_version=env.qemu_version,
             binary=bed.tools(role).qemu,
             disk=boot.disk,
             boot_disk=boot.boot_disk,

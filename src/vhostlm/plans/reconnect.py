@@ -1,11 +1,23 @@
 """The reconnect plan: a vhost-user backend restarted during a case must reconnect.
 
 In production the switch behind a migrating guest is restarted (an upgrade, a crash, a
-config reload), and QEMU is the vhost-user server the switch must connect back to: DPDK
+config reload), and the guest's vhost-user connection must come back by itself: DPDK
 crashed on such a reconnect with multiqueue (3c929a0bb3), QEMU lost one (fixed in 2024).
-Both cases pin client mode (QEMU's chardev `server=on`; testpmd `client=1`, OVS's
-`dpdkvhostuserclient`): a backend in server mode would need QEMU to reconnect instead. The
-restart is measured like an outage, with the probes (`measure.reconnect`).
+Who reconnects depends on the vhost-user mode, so each restart runs in both:
+
+- client mode (`reconnect_dest_virtio_net`, `reconnect_source_virtio_net`): QEMU's chardev
+  is `server=on` and keeps listening; the new backend (testpmd `client=1`, OVS
+  `dpdkvhostuserclient`) connects to it as it starts.
+- server mode (`reconnect_*_server_virtio_net`): the backend listens (testpmd without
+  `client=1`, OVS `dpdkvhostuser`) and makes its socket anew when it starts again; QEMU is
+  the client and connects again by itself: its chardev has `reconnect-ms=100`
+  (`plans.restart.QEMU_RECONNECT_MS`; `reconnect=1`, whole seconds, before QEMU 9.2).
+
+The restart is measured like an outage, with the probes, the same way in both modes
+(`measure.reconnect`), so their recoveries compare. In server mode QEMU's reconnect delay
+adds to it: QEMU tries again 100 ms after the old socket closed and every 100 ms after, so
+the try that succeeds comes 0 to 100 ms (50 on average) after the new backend's socket
+exists, inside the `until_ready_ms` segment.
 """
 
 from __future__ import annotations
@@ -51,4 +63,46 @@ RECONNECT_SOURCE = replace(
     """,
 )
 
-RECONNECT_CASES: list[CaseSpec] = [RECONNECT_DEST, RECONNECT_SOURCE]
+RECONNECT_DEST_SERVER = replace(
+    RECONNECT_DEST,
+    name="reconnect_dest_server_virtio_net",
+    vhost_mode="server",
+    doc="""The destination's server-mode backend restarted after the switch-over: QEMU reconnects.
+
+    Steps:
+        Server mode (the backend listens; QEMU connects, its chardev with `reconnect-ms`);
+        prerequisites; link up; probes; `migrate` to the backup; once the guest answers
+        there and the switch-over's outage window has closed, restart the backup's backend
+        (testpmd: quit and start again; OVS: ovs-vswitchd stopped and started on the kept
+        database, its `dpdkvhostuser` socket made anew, its flow added again).
+    Verify:
+        The migration completes; the backup's QEMU connects to the new backend by itself,
+        which reports the guest's device ready, and the guest answers again; the recovery
+        is measured as in `reconnect_dest_virtio_net` (QEMU's reconnect delay in it).
+    """,
+)
+
+RECONNECT_SOURCE_SERVER = replace(
+    RECONNECT_SOURCE,
+    name="reconnect_source_server_virtio_net",
+    vhost_mode="server",
+    doc="""The source's server-mode backend restarted before the migration: QEMU reconnects.
+
+    Steps:
+        Server mode (the backend listens; QEMU connects, its chardev with `reconnect-ms`);
+        prerequisites; link up; probes; restart the host's backend; once the guest answers
+        again, `migrate` to the backup.
+    Verify:
+        The host's QEMU connects to the new backend by itself, which reports the guest's
+        device ready, and the guest answers again (the recovery is measured as in
+        `reconnect_source_virtio_net`); the migration completes and the guest receives on
+        the backup.
+    """,
+)
+
+RECONNECT_CASES: list[CaseSpec] = [
+    RECONNECT_DEST,
+    RECONNECT_SOURCE,
+    RECONNECT_DEST_SERVER,
+    RECONNECT_SOURCE_SERVER,
+]

@@ -3,10 +3,14 @@
 The reconnect cases (`plans.reconnect`) restart the host's backend before the migration
 starts, or the destination's right after the switch-over. In client mode QEMU is the
 vhost-user server and keeps listening; the new backend process connects to its socket, QEMU
-starts the device again, and the guest must answer again. A restart step records the
-restart's moments for the measurement (`Traffic.restarts` -> `measure.reconnect`), waits for
-the new process's "virtio is now ready for processing", then for the guest's replies; a
-reconnect that never happens fails the step with the backend's last lines.
+starts the device again, and the guest must answer again. In server mode the backend
+listens and QEMU is the client: the new process makes its socket anew, and QEMU, whose
+vhost-user chardev has `reconnect-ms=QEMU_RECONNECT_MS` in these cases (`apps.qemu`),
+connects to it by itself. A restart step records the restart's moments for the measurement
+(`Traffic.restarts` -> `measure.reconnect`), waits for the new process's "virtio is now
+ready for processing" (printed in both modes once QEMU has set the device up again), then
+for the guest's replies; a reconnect that never happens fails the step with the backend's
+last lines.
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ RECONNECT_TIMEOUT_S = 30.0  # from the restart to the ready line, and to the fir
 # 26 ms apart under TCG here)
 PAST_WINDOW_S = 0.25
 TAIL_LINES = 4
+# QEMU's reconnect delay when it is the vhost-user client of a restarted server-mode
+# backend. QEMU tries again this long after the old socket closed and then as often, each
+# try a connect() in a worker thread; the new backend binds its socket 0.4 to 0.9 s after
+# the restart (its start), so the try that succeeds comes 0 to this long (on average half)
+# after the socket exists. That wait is what server mode adds to the recovery over client
+# mode, where the backend connects at once to QEMU's listening socket: at most 100 ms,
+# within the recovery's own run-to-run spread, for about ten cheap tries a second while the
+# backend starts. (QEMU before 9.2 takes whole seconds only: 1 s, its `reconnect=1`.)
+QEMU_RECONNECT_MS = 100
 SEGMENT_WORDS = {  # measure.reconnect's segments, in the order they came, in words
     "until_restart_ms": "until the restart",
     "stopping_ms": "stopping",
@@ -99,8 +112,14 @@ class BackendRestart:
         self.traffic.restarts.append(record)  # measured even when it never reconnects
         found = backend.ready_at(0, timeout=RECONNECT_TIMEOUT_S)
         if found is None:
+            # client mode: the backend connects; server mode: QEMU must connect to it
+            what = (
+                f"{label} did not reconnect"
+                if backend.config.client
+                else f"QEMU did not reconnect to {label}"
+            )
             raise StepFailed(
-                f"{label} did not reconnect after its restart (pid {old_pid} -> "
+                f"{what} after its restart (pid {old_pid} -> "
                 f'{backend.process.pid}): no "virtio is now ready for processing" within '
                 f"{RECONNECT_TIMEOUT_S:g} s; its last lines: {last_lines(backend)}"
             )
