@@ -337,6 +337,20 @@ def test_without_a_stop_the_window_is_the_whole_migration() -> None:
     assert window == pytest.approx((104.992, 106.03)) and precopy == pytest.approx((101.0, 104.992))
 
 
+def test_a_backend_ready_after_resume_moves_the_settle_to_it() -> None:
+    """The destination's ring enabled 1.2 s after RESUME: the window closes a settle after
+    it; a ring ready before RESUME changes nothing."""
+    late = {**MARKS, "ready": 106.2}
+    window, _ = switch_window(late, 100.0, 108.0, PPS, 5.0, 1.0)
+    assert window == pytest.approx((104.992, 107.2))
+    early = {**MARKS, "ready": 105.01}
+    assert switch_window(early, 100.0, 108.0, PPS, 5.0, 1.0)[0] == pytest.approx((104.992, 106.03))
+    # probes lost in the backlog's drain after the late ring are the switch-over's
+    m = figures(dump(drop={6500, 6501}), late)
+    assert m["lost_outside_window"] == 0
+    assert figures(dump(drop={6500, 6501}))["lost_outside_window"] == 2
+
+
 def test_a_postcopy_window_runs_until_the_migration_completed() -> None:
     """Postcopy: the destination resumes at 105.03 but faults pages in until completed at
     107.5; replies stalled on those faults are inside the window, not unexplained loss."""

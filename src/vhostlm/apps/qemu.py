@@ -174,12 +174,6 @@ class VmSpec:
     queues: int = 1
     vectors: int = 0  # MSI-X vectors of the NIC; 0: INTx
     packed: bool = False
-    # descriptors in each of the NIC's receive rings (QEMU's default 256, at most 1024): a
-    # TCG guest that stalls for 0.3 s (its host busy starting the next program) has 0.3 s
-    # of probes in flight at 1000/s, more than 256 hold; the overflow was loss long before
-    # the migration (CI, stop 21: 53 probes at 1.26 s into the stream over SSH). The
-    # guest's testpmd, without --rxd, posts 512 of them (testpmd's fallback ring size).
-    rx_queue_size: int = 1024
     incoming: str | None = None
     # `-incoming defer`: listen on `incoming` only at `migrate-incoming`, once the
     # capabilities that must precede it (multifd, since QEMU 8) are set
@@ -237,10 +231,7 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     else:
         backend = f"memory-backend-memfd,id=mem,size={spec.mem_mb}M,share=on"
     netdev = f"type=vhost-user,id=netdev0,chardev=char0,vhostforce=on,queues={spec.queues}"
-    device = (
-        f"virtio-net-pci,netdev=netdev0,mac={spec.mac},vectors={spec.vectors}"
-        f",rx_queue_size={spec.rx_queue_size}"
-    )
+    device = f"virtio-net-pci,netdev=netdev0,mac={spec.mac},vectors={spec.vectors}"
     if spec.queues > 1:
         device += ",mq=on"
     if spec.packed:

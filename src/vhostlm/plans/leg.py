@@ -405,7 +405,7 @@ class LegRun:
         mig = self.mig
         restart = BackendRestart(mig.backends, mig.vitals, mig.traffic, mig.receiver,
                                  mig.env.options)  # fmt: skip
-        restart.past_switch_over(after_window(self.marks.get("resume", 0.0)))
+        restart.past_switch_over(after_window(self.marks))
         restart.run(self.b.role, self.b.shell, step)
 
     # -- helpers ---------------------------------------------------------------------------

@@ -54,10 +54,14 @@ SEGMENT_WORDS = {  # measure.reconnect's segments, in the order they came, in wo
 }
 
 
-def after_window(resume: float) -> float:
-    """When a destination's restart may come, from the switch-over's RESUME (epoch s):
-    once the outage window has closed, so the two gaps are measured apart."""
-    return resume + SETTLE_S + PAST_WINDOW_S
+def after_window(marks: dict[str, float]) -> float:
+    """When a destination's restart may come, from the leg's marks (epoch s): once the
+    outage window has closed (a settle after RESUME, or after the destination backend's
+    ring if that came later: `switch_window`), so the two gaps are measured apart."""
+    end = marks.get("resume", 0.0)
+    if "ready" in marks:
+        end = max(end, marks["ready"])
+    return end + SETTLE_S + PAST_WINDOW_S
 
 
 def last_lines(backend: VhostBackend, count: int = TAIL_LINES) -> str:
