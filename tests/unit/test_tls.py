@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vhostlm.apps.tls import creds_object, make_credentials
+from vhostlm.apps.tls import creds_object, ensure_dh_params, make_credentials, wants_dh_params
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -58,3 +58,29 @@ def test_qemu_object_verifies_its_peer(tmp_path: Path) -> None:
         "endpoint": "server",
         "verify-peer": True,
     }
+
+
+def test_dh_params_by_qemu_version() -> None:
+    """QEMU before 10.2 generates DH parameters without the file; 10.2 deprecates it."""
+    assert wants_dh_params((10, 0)) and wants_dh_params((9, 2))
+    assert not wants_dh_params((10, 2)) and not wants_dh_params((11, 0))
+    assert not wants_dh_params(None)
+
+
+def test_dh_params_are_rfc7919s_named_group_and_qemu_loads_them(tmp_path: Path) -> None:
+    dirs = make_credentials(tmp_path / "tls", ["198.18.0.2"])
+    ensure_dh_params(dirs.server, True)
+    text = openssl("pkeyparam", "-in", str(dirs.server / "dh-params.pem"), "-noout", "-text")
+    assert "ffdhe2048" in text and "2048 bit" in text, text
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is not None:  # the server endpoint loads them (a bad file fails object creation)
+        obj = f"tls-creds-x509,id=t,dir={dirs.server},endpoint=server"
+        proc = subprocess.run(
+            [qemu, "-machine", "none", "-nodefaults", "-display", "none", "-object", obj,
+             "-qmp", "stdio"],
+            input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n',
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0 and "rror" not in proc.stderr, proc.stderr
+    ensure_dh_params(dirs.server, False)  # a QEMU >= 10.2: no file
+    assert not (dirs.server / "dh-params.pem").exists()

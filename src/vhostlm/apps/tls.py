@@ -97,6 +97,35 @@ def make_credentials(root: Path, server_ips: list[str], rundir: RunDir | None = 
     return dirs
 
 
+# QEMU before 10.2 generates 2048-bit DH parameters when a server endpoint's credentials
+# have no dh-params.pem: in its main thread, at object-add, 0.1-1.1 s of a core here (QEMU
+# 10.0.2: 0.13, 0.25, 1.11 s; 0.04-0.05 s with the file), which on a 2-core testbed
+# starved the source's TCG vCPUs and lost probes before the migration (CI, stop 22). The
+# file holds RFC 7919's ffdhe2048 group, a named constant, so nothing is generated. QEMU
+# 10.2 negotiates RFC 7919 by itself and deprecates the file (crypto/tlscreds.c), so it
+# gets none.
+DH_PARAMS = "dh-params.pem"
+DH_PARAMS_UNTIL_QEMU = (10, 2)
+
+
+def wants_dh_params(version: tuple[int, int] | None) -> bool:
+    """Whether this QEMU's server credentials need dh-params.pem (None: not known, the
+    newest: no)."""
+    return version is not None and version < DH_PARAMS_UNTIL_QEMU
+
+
+def ensure_dh_params(server_dir: Path, wanted: bool, rundir: RunDir | None = None) -> None:
+    """Put RFC 7919's ffdhe2048 group in `server_dir`'s dh-params.pem, or take it away."""
+    path = server_dir / DH_PARAMS
+    if not wanted:
+        path.unlink(missing_ok=True)
+    elif not path.exists():
+        _openssl(rundir, "tls-dh-params", [
+            "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "dh_param:ffdhe2048",
+            "-out", str(path),
+        ])  # fmt: skip
+
+
 def creds_object(obj_id: str, directory: str | Path, endpoint: str) -> dict[str, Any]:
     """QMP object-add arguments of a tls-creds-x509 object that verifies its peer."""
     return {
@@ -131,6 +160,8 @@ class MigrationTls:
         added = self._added.setdefault(vm.spec.name, set())
         if obj_id not in added:
             local = self._dirs.server if endpoint == "server" else self._dirs.client
+            if endpoint == "server":
+                ensure_dh_params(local, wants_dh_params(vm.spec.qemu_version), self.rundir)
             directory = self.stage(vm, local) if self.stage else str(local)
             vm.qmp("object-add", **creds_object(obj_id, directory, endpoint))
             added.add(obj_id)

@@ -31,7 +31,7 @@ from vhostlm.nodes.stream import ExpectTimeout
 from vhostlm.plans.env import LabEnv
 from vhostlm.plans.faults import NO_TRAFFIC, Vitals
 from vhostlm.plans.integrity import IntegrityWatch
-from vhostlm.plans.leg import Migration, Side, leg_step_names
+from vhostlm.plans.leg import Migration, Side, leg_step_names, prepare_tls
 from vhostlm.plans.restart import QEMU_RECONNECT_MS, BackendRestart, recovered
 from vhostlm.plans.spec import CaseSpec, Restart
 from vhostlm.plans.steps import CaseAborted, CaseSkipped, StepDef, StepRunner, leg_suffix
@@ -185,6 +185,7 @@ class CaseFlow:
     def _steps(self, runner: StepRunner) -> None:
         self.result.options = self.options()
         runner.explain = self.vitals.explain
+        prepare_tls(self.env)
         self._run(runner, self.before_steps())
         assert self.traffic is not None
         self.migration = mig = Migration(

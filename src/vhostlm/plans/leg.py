@@ -8,15 +8,17 @@ source, which must then keep receiving.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import KernelReceiver, Receiver, guest_crash
 from vhostlm.apps.qemu import END_STATES, MigrationStatus, QemuVm
-from vhostlm.apps.tls import MigrationTls
+from vhostlm.apps.tls import MigrationTls, make_credentials
 from vhostlm.backends.base import VhostBackend
 from vhostlm.errors import SetupError, StepFailed
 from vhostlm.integrity.ramdiff import RamDiff, RamSide, compare
@@ -88,6 +90,27 @@ def postcopy_paused(dst: QemuVm) -> None:
     raise StepFailed(f"postcopy paused: {lines[-1] if lines else 'destination said nothing'}")
 
 
+def tls_root(env: LabEnv) -> Path:
+    """Where the run's --migration-tls credentials live (one set for all its cases)."""
+    return env.rundir.runtime / "tls"
+
+
+def tls_server_ips(env: LabEnv) -> list[str]:
+    """The addresses a migration's destination listens on: the server certificate's."""
+    return [env.bed.migration_ip(role) for role in ("backup", "host")]
+
+
+def prepare_tls(env: LabEnv) -> None:
+    """Make the run's credentials now, before a case's guest and probes start (a no-op once
+    made): made at the first `migrate`, openssl's three RSA keys took 1-2 s of CPU on a
+    2-core testbed while the probes ran, and the host's testpmd, its lcores at nice 19,
+    forwarded in bursts 100-250 ms apart and dropped replies (CI, stop 22). A failure
+    here is left to the migration step, which makes them again and fails naming it."""
+    if env.options.migration_tls:
+        with contextlib.suppress(SetupError):
+            make_credentials(tls_root(env), tls_server_ips(env), env.rundir)
+
+
 class Migration:
     """What the legs of one case share: the case, its receiver and traffic, QEMU's figures."""
 
@@ -113,9 +136,8 @@ class Migration:
         self.tls: MigrationTls | None = None
         if env.options.migration_tls:
             bed = env.bed
-            ips = [bed.migration_ip(role) for role in ("backup", "host")]
             self.tls = MigrationTls(
-                env.rundir.runtime / "tls", ips, env.rundir,
+                tls_root(env), tls_server_ips(env), env.rundir,
                 lambda vm, local: bed.stage_dir(vm.node.name, local),
             )  # fmt: skip
         self.figures: list[MigrationFigures] = []
