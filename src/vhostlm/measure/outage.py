@@ -165,6 +165,14 @@ def send_gap(send_ts: Sequence[float], span: tuple[float, float]) -> float:
     return best
 
 
+def resumed_at(marks: dict[str, float]) -> float | None:
+    """When the guest could first answer on the destination: its RESUME, or the
+    destination backend's ring (`ready`) if that was enabled later; None without a RESUME."""
+    if "resume" not in marks:
+        return None
+    return max(marks["resume"], marks.get("ready", marks["resume"]))
+
+
 def switch_window(
     marks: dict[str, float], first: float, last: float, pps: float, noise_p99_ms: float,
     settle_s: float,
@@ -185,9 +193,8 @@ def switch_window(
     from it (seen: ready 1.12 s after RESUME, then 22 probes of that backlog lost 0.36 s
     after RESUME + settle)."""
     margin = MARGIN_INTERVALS / pps + noise_p99_ms / 1000.0 if pps > 0 else 0.0
-    end = marks.get("resume", marks.get("cancelled", marks.get("completed", last)))
-    if "resume" in marks and "ready" in marks:
-        end = max(end, marks["ready"])
+    resumed = resumed_at(marks)
+    end = resumed if resumed is not None else marks.get("cancelled", marks.get("completed", last))
     if "postcopy-active" in marks and "completed" in marks:
         end = max(end, marks["completed"])
     migrate = marks.get("migrate", first)

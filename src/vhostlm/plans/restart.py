@@ -24,6 +24,7 @@ from vhostlm.apps.console import GuestShell
 from vhostlm.apps.guest import Receiver
 from vhostlm.backends.base import VhostBackend
 from vhostlm.errors import SetupError, StepFailed
+from vhostlm.measure.outage import resumed_at
 from vhostlm.measure.reconnect import RestartMarks
 from vhostlm.options import RunOptions
 from vhostlm.plans.faults import Vitals
@@ -58,10 +59,7 @@ def after_window(marks: dict[str, float]) -> float:
     """When a destination's restart may come, from the leg's marks (epoch s): once the
     outage window has closed (a settle after RESUME, or after the destination backend's
     ring if that came later: `switch_window`), so the two gaps are measured apart."""
-    end = marks.get("resume", 0.0)
-    if "ready" in marks:
-        end = max(end, marks["ready"])
-    return end + SETTLE_S + PAST_WINDOW_S
+    return (resumed_at(marks) or 0.0) + SETTLE_S + PAST_WINDOW_S
 
 
 def last_lines(backend: VhostBackend, count: int = TAIL_LINES) -> str:
