@@ -41,10 +41,12 @@ TAIL_LINES = 4
 # backend. QEMU tries again this long after the old socket closed and then as often, each
 # try a connect() in a worker thread; the new backend binds its socket 0.4 to 0.9 s after
 # the restart (its start), so the try that succeeds comes 0 to this long (on average half)
-# after the socket exists. That wait is what server mode adds to the recovery over client
-# mode, where the backend connects at once to QEMU's listening socket: at most 100 ms,
-# within the recovery's own run-to-run spread, for about ten cheap tries a second while the
-# backend starts. (QEMU before 9.2 takes whole seconds only: 1 s, its `reconnect=1`.)
+# after the socket exists: at most 100 ms, for about ten cheap tries a second while the
+# backend starts. (QEMU before 9.2 takes whole seconds only: 1 s, its `reconnect=1`.) Most
+# of what server mode adds over client mode is DPDK's, not this: a new listening socket
+# joins the vhost event thread's poll set without waking it (`vhost_user_start_server`,
+# lib/vhost/socket.c), so QEMU's connect waits in the backlog until that poll's 1 s
+# timeout (lib/vhost/fd_man.c): ~0.9 s here.
 QEMU_RECONNECT_MS = 100
 SEGMENT_WORDS = {  # measure.reconnect's segments, in the order they came, in words
     "until_restart_ms": "until the restart",
